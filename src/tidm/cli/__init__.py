@@ -1,0 +1,1 @@
+"""The `tidm` command line: wiring only."""

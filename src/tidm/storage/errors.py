@@ -1,0 +1,19 @@
+"""Errors of the storage part."""
+
+from __future__ import annotations
+
+from tidm.errors import Terminal, TidmError, Transient
+
+__all__ = ["LakeError", "LakeUnavailable", "StorageError"]
+
+
+class StorageError(TidmError):
+    """Base for lake errors."""
+
+
+class LakeError(StorageError, Terminal):
+    """A lake operation failed for a reason retrying won't fix (bad key, bad settings)."""
+
+
+class LakeUnavailable(StorageError, Transient):
+    """The object store did not answer or refused for now; retry with back-off."""
