@@ -3,7 +3,15 @@ import hashlib
 import pyarrow as pa
 import pytest
 
-from tidm.ingest import AgentIdentity, EnvelopeError, Provenance, TrustedAgents, new_batch_id, open_envelope, seal
+from tidm.ingest import (
+    AgentIdentity,
+    EnvelopeError,
+    Provenance,
+    TrustedAgents,
+    new_batch_id,
+    open_envelope,
+    seal,
+)
 from tidm.ingest.envelope import HEADER_AGENT, HEADER_SHA256, HEADER_SIGNATURE
 from tidm.ingest.transports.base import Message
 from tidm.semantics import samples_table
@@ -11,15 +19,29 @@ from tidm.semantics import samples_table
 
 def _table() -> pa.Table:
     return samples_table(
-        ts_us=[1, 2], recv_ts_us=[3, 4], asset_id=["pump"] * 2, signal=["p", "t"], value=[1.0, 2.0],
-        value_text=[None, None], quality=[0, 0], status_code=[0, 0], seq=[0, 1],
+        ts_us=[1, 2],
+        recv_ts_us=[3, 4],
+        asset_id=["pump"] * 2,
+        signal=["p", "t"],
+        value=[1.0, 2.0],
+        value_text=[None, None],
+        quality=[0, 0],
+        status_code=[0, 0],
+        seq=[0, 1],
     )
 
 
 def _provenance(agent: str = "agent-a", rows: int = 2) -> Provenance:
     return Provenance(
-        agent_id=agent, site="s", asset_id="pump", batch_id=new_batch_id(), sources=("opc.tcp://x",),
-        seq_first=0, seq_last=1, rows=rows, created_us=5,
+        agent_id=agent,
+        site="s",
+        asset_id="pump",
+        batch_id=new_batch_id(),
+        sources=("opc.tcp://x",),
+        seq_first=0,
+        seq_last=1,
+        rows=rows,
+        created_us=5,
     )
 
 
@@ -62,7 +84,9 @@ def test_altered_bytes_are_a_hash_mismatch(identity: AgentIdentity, trusted: Tru
     assert info.value.reason == "hash-mismatch"
 
 
-def test_recomputed_hash_without_the_key_fails_the_signature(identity: AgentIdentity, trusted: TrustedAgents) -> None:
+def test_recomputed_hash_without_the_key_fails_the_signature(
+    identity: AgentIdentity, trusted: TrustedAgents
+) -> None:
     sealed = seal(_table(), _provenance(), identity)
     tampered = sealed.value[:-1] + bytes([sealed.value[-1] ^ 1])
     headers = [(k, v) for k, v in sealed.headers() if k != HEADER_SHA256]
@@ -86,11 +110,16 @@ def test_unknown_agent_and_missing_headers(identity: AgentIdentity) -> None:
 
 def _signed_raw(identity: AgentIdentity, value: bytes) -> list[tuple[str, bytes]]:
     digest = hashlib.sha256(value).digest()
-    return [(HEADER_SHA256, digest.hex().encode()), (HEADER_SIGNATURE, identity.sign(digest)),
-            (HEADER_AGENT, identity.agent_id.encode())]
+    return [
+        (HEADER_SHA256, digest.hex().encode()),
+        (HEADER_SIGNATURE, identity.sign(digest)),
+        (HEADER_AGENT, identity.agent_id.encode()),
+    ]
 
 
-def test_truncated_ipc_signed_by_a_trusted_agent_is_malformed(identity: AgentIdentity, trusted: TrustedAgents) -> None:
+def test_truncated_ipc_signed_by_a_trusted_agent_is_malformed(
+    identity: AgentIdentity, trusted: TrustedAgents
+) -> None:
     value = seal(_table(), _provenance(), identity).value[:40]
     with pytest.raises(EnvelopeError, match=r"@42: malformed-ipc") as info:
         open_envelope(_message(value, _signed_raw(identity, value)), trusted)
@@ -120,7 +149,9 @@ def test_identity_key_file_is_private_and_loads(tmp_path, identity: AgentIdentit
     identity.save(path)
     assert path.stat().st_mode & 0o777 == 0o600
     loaded = AgentIdentity.load("agent-a", path)
-    assert loaded.sign(b"x") and TrustedAgents({"agent-a": identity.public_key}).verify("agent-a", loaded.sign(b"x"), b"x")
+    assert loaded.sign(b"x") and TrustedAgents({"agent-a": identity.public_key}).verify(
+        "agent-a", loaded.sign(b"x"), b"x"
+    )
 
 
 def test_trusted_agents_file_round_trip_and_reload(tmp_path, identity: AgentIdentity) -> None:  # type: ignore[no-untyped-def]

@@ -1,7 +1,14 @@
 import pyarrow as pa
 import pytest
 
-from tidm.semantics import SAMPLES_SCHEMA, Quality, SchemaError, check_samples, quality_from_status, samples_table
+from tidm.semantics import (
+    SAMPLES_SCHEMA,
+    Quality,
+    SchemaError,
+    check_samples,
+    quality_from_status,
+    samples_table,
+)
 
 
 def _table(n: int = 3) -> pa.Table:
@@ -48,7 +55,12 @@ def test_check_samples_names_where_and_what() -> None:
 
 @pytest.mark.parametrize(
     ("status", "quality"),
-    [(0, Quality.GOOD), (0x40000000, Quality.UNCERTAIN), (0x80000000, Quality.BAD), (0x80310000, Quality.BAD)],
+    [
+        (0, Quality.GOOD),
+        (0x40000000, Quality.UNCERTAIN),
+        (0x80000000, Quality.BAD),
+        (0x80310000, Quality.BAD),
+    ],
 )
 def test_quality_from_status_uses_severity_bits(status: int, quality: Quality) -> None:
     assert quality_from_status(status) is quality

@@ -3,7 +3,6 @@ import hashlib
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from tidm.storage import Lake, LakeError, LakeSettings, LandingIntent, object_key
@@ -11,8 +10,14 @@ from tidm.storage import Lake, LakeError, LakeSettings, LandingIntent, object_ke
 
 def test_object_key_follows_the_layout_and_encodes_ids() -> None:
     key = object_key(
-        "clean", site="plant 1", asset="urn:tidm:asset:pump-001", date=dt.date(2026, 11, 28),
-        topic="tidm.samples", partition=3, first=10, last=19,
+        "clean",
+        site="plant 1",
+        asset="urn:tidm:asset:pump-001",
+        date=dt.date(2026, 11, 28),
+        topic="tidm.samples",
+        partition=3,
+        first=10,
+        last=19,
     )
     assert key == (
         "clean/site=plant%201/asset=urn%3Atidm%3Aasset%3Apump-001/date=2026-11-28/tidm.samples-3-10-19.parquet"
@@ -27,7 +32,7 @@ def _exercise(lake: Lake) -> None:
     assert landed.rows == 3 and landed.size == len(data)
     again = lake.write_parquet("clean/a/1.parquet", table)
     assert again.sha256 == landed.sha256, "same rows give the same bytes, so a replay overwrites identically"
-    assert lake.list("clean") == ["clean/a/1.parquet"]
+    assert lake.list_keys("clean") == ["clean/a/1.parquet"]
     assert lake.read_table("clean").num_rows == 3
     intent = LandingIntent("t.x", 0, 5, 9, ("clean/a/1.parquet",))
     lake.write_intent(intent)

@@ -25,7 +25,13 @@ def test_drop_bad_samples_keeps_good_values_and_text_and_counts_the_rest() -> No
     result = drop_bad_samples(_table())
     assert result.kept.column("seq").to_pylist() == [0, 4]
     assert result.rejected.column("seq").to_pylist() == [1, 2, 3, 5]
-    flags = dict(zip(result.rejected.column("seq").to_pylist(), result.rejected.column("flags").to_pylist(), strict=True))
+    flags = dict(
+        zip(
+            result.rejected.column("seq").to_pylist(),
+            result.rejected.column("flags").to_pylist(),
+            strict=True,
+        )
+    )
     assert flags == {1: Flag.NAN_VALUE, 2: Flag.BAD_QUALITY, 3: Flag.NAN_VALUE, 5: Flag.BAD_QUALITY}
     assert result.counts == {"rows_in": 6, "rows_kept": 2, "bad_quality": 2, "nan_value": 2}
     assert result.kept.num_rows + result.rejected.num_rows == 6

@@ -60,6 +60,7 @@ class Agent:
         self._queue: asyncio.Queue[SealedBatch | None] = asyncio.Queue(maxsize=settings.batch.max_pending)
         self._full = asyncio.Event()
         self._prev_hash = ""
+        self._publisher: asyncio.Task[None] | None = None
         self.stats = AgentStats()
         self.actor = f"agent:{settings.agent_id}"
 
@@ -71,22 +72,26 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> AgentStats:
         """Collect and publish until `stop` is set; then flush every open batch and return."""
         source_stop = asyncio.Event()
-        sources = [asyncio.create_task(s.run(self._emit, source_stop), name=f"source:{s.name}") for s in self._sources]
-        publisher = asyncio.create_task(self._publish_loop(), name="publisher")
+        sources = [
+            asyncio.create_task(s.run(self._emit, source_stop), name=f"source:{s.name}")
+            for s in self._sources
+        ]
+        publisher = self._publisher = asyncio.create_task(self._publish_loop(), name="publisher")
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), timeout=self.settings.batch.max_age_ms / 4000)
                 self._full.clear()
                 await self._seal_due(force=False)
-                for task in sources:
-                    if task.done() and task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
+                for task in [*sources, publisher]:
+                    if task.done():
+                        task.result()  # a failed source or publisher stops the agent with its error
         finally:
             source_stop.set()
             await asyncio.gather(*sources, return_exceptions=True)
-            await self._seal_due(force=True)
-            await self._queue.put(None)
+            if not publisher.done():
+                await self._seal_due(force=True)
+                await self._put(None)
             await publisher
         return self.stats
 
@@ -94,7 +99,18 @@ class Agent:
         for asset_id in self._batcher.due(force=force):
             batch = self._batcher.take(asset_id)
             if batch is not None:
-                await self._queue.put(await self._seal(batch))
+                await self._put(await self._seal(batch))
+
+    async def _put(self, item: SealedBatch | None) -> None:
+        """Queue for the publisher; if the publisher has failed, raise its error instead of waiting."""
+        assert self._publisher is not None, "the publisher runs while the agent runs"  # noqa: S101
+        put = asyncio.ensure_future(self._queue.put(item))
+        await asyncio.wait([put, self._publisher], return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            self._publisher.result()
+            msg = "publisher stopped without an error while the queue was full"
+            raise RuntimeError(msg)
 
     async def _seal(self, batch: AssetBatch) -> SealedBatch:
         provenance = Provenance(

@@ -88,7 +88,9 @@ class Provenance:
             doc["key_ids"] = tuple(doc.get("key_ids", ()))
             return cls(**doc)
         except (ValueError, KeyError, TypeError) as exc:
-            raise EnvelopeError("bad-provenance", f"provenance metadata is malformed ({exc})", where=where) from exc
+            raise EnvelopeError(
+                reason="bad-provenance", detail=f"provenance metadata is malformed ({exc})", where=where
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,9 @@ def seal(table: pa.Table, provenance: Provenance, identity: AgentIdentity) -> Se
 def _required(message: Message, name: str) -> bytes:
     value = message.header(name)
     if value is None:
-        raise EnvelopeError("missing-header", f"header '{name}' is missing", where=message.where())
+        raise EnvelopeError(
+            reason="missing-header", detail=f"header '{name}' is missing", where=message.where()
+        )
     return value
 
 
@@ -154,32 +158,44 @@ def open_envelope(message: Message, trusted: TrustedAgents) -> VerifiedBatch:
     agent_id = _required(message, HEADER_AGENT).decode("utf-8", "replace")
     digest = hashlib.sha256(message.value).digest()
     if digest.hex() != claimed:
-        raise EnvelopeError("hash-mismatch", f"content SHA-256 {digest.hex()} != header {claimed}", where=where)
+        raise EnvelopeError(
+            reason="hash-mismatch", detail=f"content SHA-256 {digest.hex()} != header {claimed}", where=where
+        )
     verdict = trusted.verify(agent_id, signature, digest)
     if verdict is None:
-        raise EnvelopeError("unknown-agent", f"agent '{agent_id}' is not in the trusted agents", where=where)
+        raise EnvelopeError(
+            reason="unknown-agent", detail=f"agent '{agent_id}' is not in the trusted agents", where=where
+        )
     if not verdict:
-        raise EnvelopeError("bad-signature", f"signature of agent '{agent_id}' does not verify", where=where)
+        raise EnvelopeError(
+            reason="bad-signature", detail=f"signature of agent '{agent_id}' does not verify", where=where
+        )
     try:
         reader = pa.ipc.open_stream(pa.py_buffer(message.value))
         table = reader.read_all()
     except (pa.ArrowInvalid, OSError) as exc:
-        raise EnvelopeError("malformed-ipc", f"not a readable Arrow IPC stream ({exc})", where=where) from exc
+        raise EnvelopeError(
+            reason="malformed-ipc", detail=f"not a readable Arrow IPC stream ({exc})", where=where
+        ) from exc
     try:
         check_samples(table, where=where)
     except SchemaError as exc:
-        raise EnvelopeError("wrong-schema", str(exc), where=where) from exc
+        raise EnvelopeError(reason="wrong-schema", detail=str(exc), where=where) from exc
     raw = (table.schema.metadata or {}).get(PROVENANCE_KEY)
     if raw is None:
-        raise EnvelopeError("bad-provenance", "schema metadata has no provenance", where=where)
+        raise EnvelopeError(reason="bad-provenance", detail="schema metadata has no provenance", where=where)
     provenance = Provenance.from_json(raw, where=where)
     if provenance.agent_id != agent_id:
         raise EnvelopeError(
-            "bad-provenance", f"header agent '{agent_id}' != provenance agent '{provenance.agent_id}'", where=where
+            reason="bad-provenance",
+            detail=f"header agent '{agent_id}' != provenance agent '{provenance.agent_id}'",
+            where=where,
         )
     if provenance.rows != table.num_rows:
         raise EnvelopeError(
-            "bad-provenance", f"provenance says {provenance.rows} rows, batch has {table.num_rows}", where=where
+            reason="bad-provenance",
+            detail=f"provenance says {provenance.rows} rows, batch has {table.num_rows}",
+            where=where,
         )
     return VerifiedBatch(table, provenance, claimed, message)
 

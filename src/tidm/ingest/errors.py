@@ -14,7 +14,7 @@ class IngestError(TidmError):
 class EnvelopeError(IngestError, Terminal):
     """A message is not a valid, verified TIDM envelope. `reason` is a short stable code."""
 
-    def __init__(self, reason: str, detail: str, *, where: str = "") -> None:
+    def __init__(self, *, reason: str, detail: str, where: str = "") -> None:
         self.reason = reason
         self.where = where
         prefix = f"{where}: " if where else ""

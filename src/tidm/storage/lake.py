@@ -90,8 +90,14 @@ class Lake:
 
     @classmethod
     def s3(
-        cls, *, bucket: str, prefix: str = "", endpoint: str | None, access_key: str | None,
-        secret_key: str | None, region: str = "us-east-1",
+        cls,
+        *,
+        bucket: str,
+        prefix: str = "",
+        endpoint: str | None,
+        access_key: str | None,
+        secret_key: str | None,
+        region: str = "us-east-1",
     ) -> Lake:
         kwargs: dict[str, object] = {"region": region}
         if endpoint:
@@ -119,7 +125,9 @@ class Lake:
             )
         if parsed.scheme in ("", "file"):
             return cls.local(Path(parsed.path if parsed.scheme == "file" else settings.url))
-        msg = f"lake url {settings.url!r}: unsupported scheme {parsed.scheme!r} (use a path, file:// or s3://)"
+        msg = (
+            f"lake url {settings.url!r}: unsupported scheme {parsed.scheme!r} (use a path, file:// or s3://)"
+        )
         raise LakeError(msg)
 
     @property
@@ -167,7 +175,7 @@ class Lake:
         except FileNotFoundError:
             return
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list_keys(self, prefix: str = "") -> list[str]:
         """Lake-relative keys of all objects under `prefix` (a folder-like key), sorted."""
         base = self.path(prefix).rstrip("/")
         selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
@@ -189,7 +197,7 @@ class Lake:
 
     def read_table(self, table: str) -> pa.Table:
         """Every object of `table` read into one Arrow table (for tests and small exports)."""
-        keys = [k for k in self.list(table) if k.endswith(".parquet")]
+        keys = [k for k in self.list_keys(table) if k.endswith(".parquet")]
         if not keys:
             return pa.table({})
         parts = [pq.read_table(self.path(k), filesystem=self._fs) for k in keys]
@@ -206,16 +214,21 @@ class Lake:
     def pending_intents(self, topic: str, partition: int) -> list[LandingIntent]:
         """Intents of topic[partition] not yet cleared, in offset order."""
         out = []
-        for key in self.list(f"{_INTENTS}/{quote(topic, safe='-_.')}-{partition}"):
+        for key in self.list_keys(f"{_INTENTS}/{quote(topic, safe='-_.')}-{partition}"):
             doc = json.loads(self.read_bytes(key))
             out.append(
-                LandingIntent(doc["topic"], int(doc["partition"]), int(doc["first"]), int(doc["last"]),
-                              tuple(doc["keys"]))
+                LandingIntent(
+                    doc["topic"],
+                    int(doc["partition"]),
+                    int(doc["first"]),
+                    int(doc["last"]),
+                    tuple(doc["keys"]),
+                )
             )
         return sorted(out, key=lambda i: i.first)
 
     def objects(self, table: str) -> Iterator[str]:
-        yield from (k for k in self.list(table) if k.endswith(".parquet"))
+        yield from (k for k in self.list_keys(table) if k.endswith(".parquet"))
 
 
 def _atomic_local_write(path: Path, data: bytes) -> None:

@@ -224,12 +224,24 @@ class JobRunner:
             inputs = [m.sha256 for m in members]
             for day in sorted(kept_days.keys() | rejected_days.keys()):
                 key = object_key(
-                    self.settings.table, site=site, asset=asset, date=day,
-                    topic=tp.topic, partition=tp.partition, first=first, last=last,
+                    self.settings.table,
+                    site=site,
+                    asset=asset,
+                    date=day,
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    first=first,
+                    last=last,
                 )
                 rkey = object_key(
-                    self.settings.rejected_table, site=site, asset=asset, date=day,
-                    topic=tp.topic, partition=tp.partition, first=first, last=last,
+                    self.settings.rejected_table,
+                    site=site,
+                    asset=asset,
+                    date=day,
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    first=first,
+                    last=last,
                 )
                 kept = kept_days.get(day)
                 rejected = rejected_days.get(day)
@@ -257,12 +269,17 @@ class JobRunner:
             if keys:
                 self._lake.write_intent(intent)
         elif set(keys) != set(intent.keys):
-            log.warning("%s: re-landing %d..%d gave other objects than promised; stale ones removed", tp, first, last)
+            log.warning(
+                "%s: re-landing %d..%d gave other objects than promised; stale ones removed", tp, first, last
+            )
             for stale in set(intent.keys) - set(keys):
                 self._lake.delete(stale)
         entries: list[EvidenceEntry] = []
         for key, rkey, kept, rejected, inputs, counts in units:
-            for k, t, table_name in ((key, kept, self.settings.table), (rkey, rejected, self.settings.rejected_table)):
+            for k, t, table_name in (
+                (key, kept, self.settings.table),
+                (rkey, rejected, self.settings.rejected_table),
+            ):
                 if not k:
                     continue
                 landed = self._lake.write_parquet(k, t)

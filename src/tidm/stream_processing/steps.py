@@ -67,5 +67,7 @@ def sort_for_lake(table: pa.Table) -> pa.Table:
     if table.num_rows == 0:
         return table
     signal = pc.cast(table.column("signal"), pa.string())
-    order = pc.sort_indices(pa.table({"s": signal, "t": table.column("ts")}), [("s", "ascending"), ("t", "ascending")])
+    order = pc.sort_indices(
+        pa.table({"s": signal, "t": table.column("ts")}), [("s", "ascending"), ("t", "ascending")]
+    )
     return table.take(order)

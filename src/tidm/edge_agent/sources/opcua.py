@@ -23,10 +23,16 @@ __all__ = ["OpcUaSource", "PlannedNode"]
 
 log = logging.getLogger(__name__)
 
-try:
-    from asyncua import Client, Node, ua
-except ImportError:  # pragma: no cover - exercised only without the extra
-    Client = Node = ua = None
+
+
+def _asyncua() -> tuple[Any, Any]:
+    """The asyncua package and its `ua` module, or the install hint if the extra is missing."""
+    try:
+        import asyncua
+        from asyncua import ua
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise MissingExtraError(extra="opcua", module="asyncua") from exc
+    return asyncua, ua
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _HANDLE_BASE = 1_000_000
@@ -71,7 +77,11 @@ class _Handler:
             value, text = None, str(raw)
         self._emit(
             self._source.name,
-            [RawSample(target.asset_id, target.signal, _us(dv.SourceTimestamp, recv), recv, value, text, status)],
+            [
+                RawSample(
+                    target.asset_id, target.signal, _us(dv.SourceTimestamp, recv), recv, value, text, status
+                )
+            ],
         )
 
     def status_change_notification(self, status: Any) -> None:
@@ -82,8 +92,7 @@ class OpcUaSource:
     """Collects the planned nodes (or, without a plan, every asset found by browsing)."""
 
     def __init__(self, settings: OpcUaSourceSettings, plan: Sequence[PlannedNode] | None = None) -> None:
-        if Client is None:
-            raise MissingExtraError("opcua", "asyncua")
+        self._asyncua, self._ua = _asyncua()
         self.settings = settings
         self._plan = list(plan) if plan is not None else None
         self.handles: dict[int, PlannedNode] = {}
@@ -97,14 +106,14 @@ class OpcUaSource:
         """Assets are objects under Objects with an `AssetId` property; signals are their variables."""
         plan: list[PlannedNode] = []
         uris = await client.get_namespace_array()
-        for obj in await client.nodes.objects.get_children(nodeclassmask=ua.NodeClass.Object):
+        for obj in await client.nodes.objects.get_children(nodeclassmask=self._ua.NodeClass.Object):
             asset_id = None
             for prop in await obj.get_properties():
                 if (await prop.read_browse_name()).Name == "AssetId":
                     asset_id = str(await prop.read_value())
             if asset_id is None:
                 continue
-            for var in await obj.get_children(nodeclassmask=ua.NodeClass.Variable):
+            for var in await obj.get_children(nodeclassmask=self._ua.NodeClass.Variable):
                 name = (await var.read_browse_name()).Name
                 if name == "AssetId":
                     continue
@@ -125,10 +134,10 @@ class OpcUaSource:
         return client.get_node(node_id)
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
-        client = Client(url=self.settings.endpoint, timeout=self.settings.timeout_s)
+        client = self._asyncua.Client(url=self.settings.endpoint, timeout=self.settings.timeout_s)
         try:
             await client.connect()
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             msg = f"cannot connect to OPC UA server {self.name}: {exc}"
             raise SourceUnavailable(msg) from exc
         try:
@@ -145,7 +154,7 @@ class OpcUaSource:
             for start in range(0, len(requests), chunk):
                 results = await sub.create_monitored_items(requests[start : start + chunk])
                 for req, res in zip(requests[start : start + chunk], results, strict=True):
-                    if isinstance(res, ua.StatusCode):
+                    if isinstance(res, self._ua.StatusCode):
                         target = self.handles.pop(req.RequestedParameters.ClientHandle)
                         log.error("%s: cannot monitor %s: %s", self.name, target.node_id, res)
                     else:
@@ -157,6 +166,7 @@ class OpcUaSource:
             await client.disconnect()
 
     def _request(self, node: Any, handle: int) -> Any:
+        ua = self._ua
         rv = ua.ReadValueId()
         rv.NodeId = node.nodeid
         rv.AttributeId = ua.AttributeIds.Value

@@ -1,0 +1,108 @@
+import asyncio
+
+import pytest
+from tests.fakes import MemoryEvidence, MemoryProducer
+
+from tidm.edge_agent import Agent, AgentSettings, BatchSettings
+from tidm.edge_agent.batcher import Batcher
+from tidm.edge_agent.sources.base import Emit, RawSample
+from tidm.evidence.api import EventType
+from tidm.ingest import AgentIdentity, TrustedAgents, open_envelope
+
+
+class ListSource:
+    """Emits a fixed list of samples in chunks, then idles until stopped."""
+
+    def __init__(self, name: str, samples: list[RawSample], chunk: int = 7) -> None:
+        self._name = name
+        self._samples = samples
+        self._chunk = chunk
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def run(self, emit: Emit, stop: asyncio.Event) -> None:
+        for i in range(0, len(self._samples), self._chunk):
+            emit(self._name, self._samples[i : i + self._chunk])
+            await asyncio.sleep(0)
+        await stop.wait()
+
+
+def _samples(asset: str, n: int) -> list[RawSample]:
+    return [
+        RawSample(
+            asset,
+            f"s{i % 3}",
+            1_000 + i,
+            2_000 + i,
+            float(i) if i % 5 else None,
+            None if i % 5 else "TXT",
+            0 if i % 11 else 0x80000000,
+        )
+        for i in range(n)
+    ]
+
+
+def test_batcher_size_trigger_and_per_source_seq() -> None:
+    b = Batcher(max_rows=4, max_age_ms=10_000)
+    assert b.add("src-a", _samples("A", 3)) == []
+    assert b.add("src-a", _samples("A", 1)) == ["A"]
+    assert b.due() == ["A"]
+    batch = b.take("A")
+    assert batch is not None and batch.table.num_rows == 4
+    assert batch.table.column("seq").to_pylist() == [0, 1, 2, 3]
+    b.add("src-b", _samples("B", 2))
+    batch_b = b.take("B")
+    assert batch_b is not None and batch_b.table.column("seq").to_pylist() == [0, 1]
+    assert b.take("B") is None
+
+
+async def test_agent_publishes_every_sample_once_in_a_signed_chain() -> None:
+    identity = AgentIdentity.generate("agent-x")
+    producer = MemoryProducer()
+    evidence = MemoryEvidence()
+    samples = _samples("pump", 95) + _samples("fan", 40)
+    agent = Agent(
+        AgentSettings(
+            agent_id="agent-x", site="s1", topic="t", batch=BatchSettings(max_rows=10, max_age_ms=20)
+        ),
+        identity=identity,
+        producer=producer,
+        evidence=evidence,
+        sources=[ListSource("opc.tcp://eq:4840", samples)],
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await asyncio.sleep(0.2)
+    stop.set()
+    stats = await task
+    trusted = TrustedAgents({"agent-x": identity.public_key})
+    batches = [open_envelope(m, trusted) for m in producer.messages["t"]]
+    assert stats.samples_in == stats.rows_published == 135
+    seqs = sorted(s for b in batches for s in b.table.column("seq").to_pylist())
+    assert seqs == list(range(135)), "every sample is published exactly once"
+    prev = ""
+    for b in batches:
+        assert b.provenance.prev_batch_hash == prev
+        assert b.message.key == b.provenance.asset_id.encode()
+        prev = b.sha256
+    events = [(e.entry.event, e.entry.subject) for e in evidence.entries]
+    for b in batches:
+        assert (EventType.CREATE, b.sha256) in events and (EventType.SEND, b.sha256) in events
+
+
+async def test_agent_fails_loudly_when_the_transport_fails() -> None:
+    class Broken(MemoryProducer):
+        async def send(self, topic, value, *, key=None, headers=()):  # type: ignore[no-untyped-def]
+            raise ConnectionError("broker gone")
+
+    agent = Agent(
+        AgentSettings(agent_id="a", batch=BatchSettings(max_rows=5, max_age_ms=10, max_pending=2)),
+        identity=AgentIdentity.generate("a"),
+        producer=Broken(),
+        evidence=MemoryEvidence(),
+        sources=[ListSource("src", _samples("x", 100))],
+    )
+    with pytest.raises(ConnectionError, match="broker gone"):
+        await asyncio.wait_for(agent.run(asyncio.Event()), timeout=5)
