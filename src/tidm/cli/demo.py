@@ -7,8 +7,6 @@ and the lake is read back with polars.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,125 +14,80 @@ from pathlib import Path
 import click
 import polars as pl
 
-from tidm.edge_agent import Agent, AgentSettings, BatchSettings, OpcUaSourceSettings
-from tidm.edge_agent.sources.opcua import OpcUaSource
+from tidm.cli.pipeline import PipelineResult, run_pipeline
+from tidm.edge_agent import AgentSettings, BatchSettings, OpcUaSourceSettings
 from tidm.evidence import SqliteEvidenceLog
-from tidm.ingest import AgentIdentity, FolderQuarantine, TrustedAgents
+from tidm.ingest import AgentIdentity, FolderQuarantine
 from tidm.ingest.transports import EmbeddedTransport
-from tidm.simulator import Simulator, SimulatorConfig
+from tidm.simulator import SimulatorConfig
 from tidm.storage import Lake
-from tidm.stream_processing import JobRunner, JobSettings
+from tidm.stream_processing import JobSettings
 
-__all__ = ["DemoResult", "run_demo"]
+__all__ = ["DemoResult", "print_summary", "run_demo"]
 
 TOPIC = "tidm.samples"
 
 
 @dataclass(frozen=True)
 class DemoResult:
-    produced: int
-    collected: int
-    batches: int
-    landed_rows: int
-    rejected_rows: int
-    quarantined: int
-    objects: int
+    pipeline: PipelineResult
     evidence_entries: int
-    lake_path: Path
-    evidence_path: Path
-    seconds: float
+    run_dir: Path
+
+    @property
+    def lake_path(self) -> Path:
+        return self.run_dir / "lake"
 
 
-async def run_demo(workdir: Path, *, duration_s: float, assets: int, signals: int, period_ms: int) -> DemoResult:
-    """Run the flow for `duration_s` seconds of collection, then drain and stop everything."""
-    started = time.monotonic()
-    workdir.mkdir(parents=True, exist_ok=True)
+async def run_demo(
+    workdir: Path, *, duration_s: float, assets: int, signals: int, period_ms: int
+) -> DemoResult:
+    """Collect for about `duration_s` seconds of simulated time, then drain, stop and summarise."""
     run_dir = workdir / time.strftime("run-%Y%m%dT%H%M%S", time.gmtime())
+    run_dir.mkdir(parents=True, exist_ok=True)
     identity = AgentIdentity.generate("demo-agent")
-    trusted = TrustedAgents({identity.agent_id: identity.public_key})
     evidence = SqliteEvidenceLog(run_dir / "evidence.db")
-    transport = EmbeddedTransport(run_dir / "log", partitions=2)
-    await transport.ensure_topics([TOPIC], partitions=2)
-    lake = Lake.local(run_dir / "lake")
-    quarantine = FolderQuarantine(run_dir / "quarantine", evidence, actor="job:demo-clean")
-    sim_config = SimulatorConfig.fleet(n_assets=assets, signals_per_asset=signals, period_ms=period_ms, seed=7)
     try:
-        async with Simulator(sim_config) as sim:
-            settings = AgentSettings(
+        sim_config = SimulatorConfig.fleet(
+            assets, signals, period_ms, seed=7, max_ticks=max(1, int(duration_s * 1000 / period_ms))
+        )
+        result = await run_pipeline(
+            sim_config=sim_config,
+            agent_settings=AgentSettings(
                 agent_id=identity.agent_id,
                 site="demo-plant",
                 topic=TOPIC,
                 batch=BatchSettings(max_rows=5_000, max_age_ms=500),
-                opcua=[OpcUaSourceSettings(endpoint=sim.endpoint, publishing_interval_ms=100)],
-            )
-            producer = transport.producer()
-            await producer.start()
-            agent = Agent(
-                settings,
-                identity=identity,
-                producer=producer,
-                evidence=evidence,
-                sources=[OpcUaSource(s) for s in settings.opcua],
-            )
-            job = JobRunner(
-                JobSettings(name="demo-clean", topics=(TOPIC,), group_id="demo-clean"),
-                transport=transport,
-                lake=lake,
-                evidence=evidence,
-                trusted=trusted,
-                quarantine=quarantine,
-            )
-            agent_stop, job_stop = asyncio.Event(), asyncio.Event()
-            job_task = asyncio.create_task(job.run(job_stop))
-            agent_task = asyncio.create_task(agent.run(agent_stop))
-            await asyncio.sleep(duration_s)
-            await sim.pause()
-            await asyncio.sleep(0.5)  # let the last notifications arrive before the agent flushes
-            agent_stop.set()
-            agent_stats = await agent_task
-            await producer.stop()
-            deadline = time.monotonic() + 30
-            while job.stats.batches + job.stats.quarantined < agent_stats.batches_published:
-                if time.monotonic() > deadline or job_task.done():
-                    break
-                await asyncio.sleep(0.1)
-            job_stop.set()
-            job_stats = await job_task
-            produced = len(sim.produced)
+                opcua=[OpcUaSourceSettings(endpoint="opc.tcp://placeholder", publishing_interval_ms=100)],
+            ),
+            identity=identity,
+            transport=EmbeddedTransport(run_dir / "log", partitions=2),
+            lake=Lake.local(run_dir / "lake"),
+            evidence=evidence,
+            quarantine=lambda _p: FolderQuarantine(run_dir / "quarantine", evidence, actor="job:demo-clean"),
+            job_settings=JobSettings(name="demo-clean", topics=(TOPIC,), group_id="demo-clean"),
+        )
+        return DemoResult(result, evidence.size(), run_dir)
     finally:
-        with contextlib.suppress(Exception):
-            evidence_entries = evidence.size()
         evidence.close()
-    return DemoResult(
-        produced=produced,
-        collected=agent_stats.samples_in,
-        batches=agent_stats.batches_published,
-        landed_rows=job_stats.rows_landed,
-        rejected_rows=job_stats.rows_rejected,
-        quarantined=job_stats.quarantined,
-        objects=job_stats.objects,
-        evidence_entries=evidence_entries,
-        lake_path=run_dir / "lake",
-        evidence_path=run_dir / "evidence.db",
-        seconds=time.monotonic() - started,
-    )
 
 
 def print_summary(result: DemoResult) -> None:
     echo = click.echo
+    p = result.pipeline
     echo("")
     echo("TIDM demo summary")
-    echo(f"  samples produced by the simulator : {result.produced}")
-    echo(f"  samples collected by the agent    : {result.collected}")
-    echo(f"  batches signed and published      : {result.batches}")
-    echo(f"  rows landed in the clean table    : {result.landed_rows}")
-    echo(f"  rows kept aside (bad quality/NaN) : {result.rejected_rows}")
-    echo(f"  messages quarantined              : {result.quarantined}")
-    echo(f"  Parquet files written             : {result.objects}")
+    echo(f"  samples produced by the simulator : {len(p.produced)}")
+    echo(f"  samples collected by the agent    : {p.agent.samples_in}")
+    echo(f"  batches signed and published      : {p.agent.batches_published}")
+    echo(f"  rows landed in the clean table    : {p.job.rows_landed}")
+    echo(f"  rows kept aside (bad quality/NaN) : {p.job.rows_rejected}")
+    echo(f"  messages quarantined              : {p.job.quarantined}")
+    echo(f"  Parquet files written             : {p.job.objects}")
     echo(f"  evidence entries                  : {result.evidence_entries}")
     echo(f"  lake                              : {result.lake_path}")
-    echo(f"  evidence log                      : {result.evidence_path}")
-    echo(f"  wall time                         : {result.seconds:.1f} s")
+    echo(f"  evidence log                      : {result.run_dir / 'evidence.db'}")
+    echo(f"  wall time                         : {p.seconds:.1f} s")
     clean = result.lake_path / "clean"
     if clean.exists():
         frame = pl.scan_parquet(str(clean / "**" / "*.parquet"), hive_partitioning=True).collect()
@@ -142,7 +95,11 @@ def print_summary(result: DemoResult) -> None:
         echo(f"polars reads {frame.height} rows from {clean}:")
         summary = (
             frame.group_by("asset_id", "signal")
-            .agg(pl.len().alias("rows"), pl.col("value").mean().alias("mean"), pl.col("ts").max().alias("last_ts"))
+            .agg(
+                pl.len().alias("rows"),
+                pl.col("value").mean().alias("mean"),
+                pl.col("ts").max().alias("last_ts"),
+            )
             .sort("asset_id", "signal")
             .head(8)
         )

@@ -18,7 +18,9 @@ __all__ = ["main"]
 
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 async def _until_signalled(stop: asyncio.Event) -> None:
@@ -49,7 +51,9 @@ def demo(workdir: Path, duration: float, assets: int, signals: int, period_ms: i
         f"TIDM demo: {assets} simulated assets x {signals} signals every {period_ms} ms, "
         f"{duration:.0f} s of collection ..."
     )
-    result = asyncio.run(run_demo(workdir, duration_s=duration, assets=assets, signals=signals, period_ms=period_ms))
+    result = asyncio.run(
+        run_demo(workdir, duration_s=duration, assets=assets, signals=signals, period_ms=period_ms)
+    )
     print_summary(result)
 
 

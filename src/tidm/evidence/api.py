@@ -8,9 +8,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-__all__ = ["EventType", "EvidenceEntry", "EvidenceLog", "LoggedEntry"]
+if TYPE_CHECKING:
+    from tidm.evidence.checkpoint import Signer
+
+__all__ = ["AuditableLog", "EventType", "EvidenceEntry", "EvidenceLog", "LoggedEntry"]
 
 
 class EventType(enum.StrEnum):
@@ -81,6 +84,46 @@ class EvidenceLog(Protocol):
         """Entries whose subject is `subject`, in index order."""
         ...
 
+    def append_once(self, entry: EvidenceEntry) -> LoggedEntry:
+        """Append `entry` unless one with the same (event, subject, actor) is logged; return the logged one.
+
+        Replays after a crash call this, so an event is never logged twice.
+        """
+        ...
+
+    def by_input(self, subject: str) -> list[LoggedEntry]:
+        """Entries that list `subject` among their inputs, in index order (one step of a lineage walk)."""
+        ...
+
+    def root(self, size: int | None = None) -> bytes:
+        """RFC 9162 root hash of the first `size` entries (default: all)."""
+        ...
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """RFC 9162 inclusion proof of entry `index` in the tree of `size` entries (default: all)."""
+        ...
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        """RFC 9162 consistency proof from the tree of `old_size` entries to `new_size` (default: all)."""
+        ...
+
+    def checkpoint(self, signer: Signer | Sequence[Signer], origin: str | None = None) -> str:
+        """Sign a C2SP checkpoint of the current tree (origin defaults to the first signer's name)."""
+        ...
+
     def close(self) -> None:
         """Release the store's resources."""
+        ...
+
+
+@runtime_checkable
+class AuditableLog(Protocol):
+    """A log that exposes what it serves proofs from, so `verify_log` can audit that too."""
+
+    def node_hashes(self, level: int, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """Stored (index, hash) of complete subtrees at `level` with start <= index < end, by index."""
+        ...
+
+    def checkpoints(self) -> list[str]:
+        """Signed checkpoint notes this log has issued, oldest first."""
         ...

@@ -38,7 +38,6 @@ class QuarantineRecord:
     stored_at: str
 
 
-
 class Quarantine:
     """Stores rejected messages and records each in the evidence log. Subclasses choose the store."""
 

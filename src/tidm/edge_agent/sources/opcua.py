@@ -24,7 +24,6 @@ __all__ = ["OpcUaSource", "PlannedNode"]
 log = logging.getLogger(__name__)
 
 
-
 def _asyncua() -> tuple[Any, Any]:
     """The asyncua package and its `ua` module, or the install hint if the extra is missing."""
     try:
@@ -33,6 +32,7 @@ def _asyncua() -> tuple[Any, Any]:
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise MissingExtraError(extra="opcua", module="asyncua") from exc
     return asyncua, ua
+
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _HANDLE_BASE = 1_000_000

@@ -83,8 +83,8 @@ class Delivery:
 
 RebalanceCallback = Callable[[frozenset[TopicPartition]], Awaitable[None]]
 """Called with the partitions a consumer was just assigned, or is about to lose (Kafka's rebalance
-listener). Kafka rebalances eagerly: all partitions are revoked, then the new set is assigned. An
-exception raised by a callback surfaces from the `getmany` call during which the rebalance ran."""
+listener), never with an empty set. Kafka rebalances eagerly: all partitions are revoked, then the
+new set is assigned. An exception raised by a callback is raised again by the next `getmany`."""
 
 
 @runtime_checkable

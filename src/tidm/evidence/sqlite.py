@@ -1,0 +1,366 @@
+"""The embedded evidence store: one SQLite file, safe for several processes on one machine.
+
+Tables:
+- `entries`: index, canonical bytes, leaf hash, and the event/subject/actor/time columns for lookups;
+- `inputs`: (input digest, index) pairs, for lineage walks (`by_input`);
+- `tree`: hashes of complete subtrees by (level, index), level 0 being the leaf hashes, written as
+  appends complete them, so roots and proofs read O(log n) rows;
+- `checkpoints`: every signed checkpoint this log issued.
+
+Appends run in one `BEGIN IMMEDIATE` transaction (the writer lock is taken up front, so concurrent
+appenders queue instead of failing on upgrade), in WAL mode with `synchronous=FULL`: once `append`
+returns, the entries survive a power cut.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from tidm.evidence import merkle
+from tidm.evidence.api import EvidenceEntry, LoggedEntry
+from tidm.evidence.checkpoint import Checkpoint, Signer, sign_checkpoint
+from tidm.evidence.entry import _parse_entry, canonical_bytes, entry_from_canonical, is_digest
+from tidm.evidence.errors import EntryError, EvidenceError, OutOfRangeError, StoreError, TamperError
+
+__all__ = ["SqliteEvidenceLog"]
+
+_SCHEMA_VERSION = "1"
+_CHUNK = 2048
+_MAX_INDEX = (1 << 63) - 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entries (
+    idx INTEGER PRIMARY KEY,
+    canonical BLOB NOT NULL,
+    leaf_hash BLOB NOT NULL,
+    event TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    time_us INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_by_subject ON entries (subject, event, actor);
+CREATE TABLE IF NOT EXISTS inputs (
+    input TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    PRIMARY KEY (input, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tree (
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id INTEGER PRIMARY KEY,
+    size INTEGER NOT NULL,
+    root_hash BLOB NOT NULL,
+    note TEXT NOT NULL,
+    created_us INTEGER NOT NULL
+);
+"""
+
+_Prepared = tuple[bytes, bytes, EvidenceEntry]
+
+
+def _prepare(entry: EvidenceEntry) -> _Prepared:
+    canonical = canonical_bytes(entry)
+    return canonical, merkle.leaf_hash(canonical), _parse_entry(canonical)
+
+
+class SqliteEvidenceLog:
+    """An `EvidenceLog` (and `AuditableLog`) in one SQLite file.
+
+    One instance may be shared by threads; several processes may open the same file. `timeout` is how
+    long to wait for another writer before raising `StoreError` (transient).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        try:
+            self._conn: sqlite3.Connection | None = sqlite3.connect(
+                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            msg = f"cannot open evidence database {self.path}: {exc}"
+            raise StoreError(msg) from exc
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        with self._translate():
+            db = self._db
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                msg = f"{self.path}: cannot switch the evidence database to WAL mode (got {mode})"
+                raise StoreError(msg)
+            db.execute("PRAGMA synchronous=FULL")
+        with self._transaction(write=True) as db:
+            # One statement at a time: executescript() would commit the transaction we are in.
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+            elif row[0] != _SCHEMA_VERSION:
+                msg = f"{self.path}: evidence schema version {row[0]}, this code reads {_SCHEMA_VERSION}"
+                raise EvidenceError(msg)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            msg = f"evidence log {self.path} is closed"
+            raise EvidenceError(msg)
+        return self._conn
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.IntegrityError as exc:
+            msg = f"stored evidence conflicts with an append ({exc}); run verify"
+            raise TamperError(msg, object=str(self.path)) from exc
+        except sqlite3.OperationalError as exc:
+            msg = f"evidence database {self.path}: {exc}"
+            raise StoreError(msg) from exc
+        except sqlite3.DatabaseError as exc:
+            msg = f"evidence database is damaged: {exc}"
+            raise TamperError(msg, object=str(self.path)) from exc
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+        """One transaction: IMMEDIATE for writes (take the writer lock now), a read snapshot otherwise."""
+        with self._lock, self._translate():
+            db = self._db
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _size(db: sqlite3.Connection) -> int:
+        return int(db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM entries").fetchone()[0])
+
+    def _node_reader(self, db: sqlite3.Connection) -> merkle.NodeReader:
+        def read(coords: Sequence[tuple[int, int]]) -> list[bytes]:
+            hashes = []
+            for level, index in coords:
+                row = db.execute(
+                    "SELECT hash FROM tree WHERE level = ? AND idx = ?", (level, index)
+                ).fetchone()
+                if row is None:
+                    msg = f"stored tree is missing the subtree at level {level}, index {index}"
+                    raise TamperError(msg, index=index << level, object=f"tree({level},{index})")
+                hashes.append(bytes(row[0]))
+            return hashes
+
+        return read
+
+    def _logged(self, index: int, canonical: bytes, leaf: bytes) -> LoggedEntry:
+        try:
+            entry = entry_from_canonical(bytes(canonical))
+        except EntryError as exc:
+            msg = f"stored entry is not a valid canonical entry: {exc}"
+            raise TamperError(msg, index=index, object="entries") from None
+        return LoggedEntry(index, entry, bytes(canonical), bytes(leaf))
+
+    def _insert(self, db: sqlite3.Connection, prepared: Sequence[_Prepared]) -> list[LoggedEntry]:
+        size = self._size(db)
+        frontier = merkle.Frontier(size, self._node_reader(db)(merkle.border(size)))
+        logged: list[LoggedEntry] = []
+        entry_rows: list[tuple[int, bytes, bytes, str, str, str, int]] = []
+        input_rows: list[tuple[str, int]] = []
+        node_rows: list[tuple[int, int, bytes]] = []
+        for canonical, leaf, entry in prepared:
+            index = frontier.size
+            node_rows.extend(frontier.append(leaf))
+            entry_rows.append(
+                (index, canonical, leaf, str(entry.event), entry.subject, entry.actor, entry.time_us)
+            )
+            input_rows.extend((digest, index) for digest in dict.fromkeys(entry.inputs))
+            logged.append(LoggedEntry(index, entry, canonical, leaf))
+        db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", entry_rows)
+        db.executemany("INSERT INTO inputs (input, idx) VALUES (?, ?)", input_rows)
+        db.executemany("INSERT INTO tree (level, idx, hash) VALUES (?, ?, ?)", node_rows)
+        return logged
+
+    # -- EvidenceLog ------------------------------------------------------------------------------
+
+    def append(self, entries: Sequence[EvidenceEntry]) -> list[LoggedEntry]:
+        """Append entries durably, in order, in one transaction; return them as logged."""
+        prepared = [_prepare(entry) for entry in entries]
+        if not prepared:
+            return []
+        with self._transaction(write=True) as db:
+            return self._insert(db, prepared)
+
+    def append_once(self, entry: EvidenceEntry) -> LoggedEntry:
+        """Append unless an entry with the same (event, subject, actor) exists; return the logged one."""
+        prepared = _prepare(entry)
+        normalized = prepared[2]
+        with self._transaction(write=True) as db:
+            row = db.execute(
+                "SELECT idx, canonical, leaf_hash FROM entries "
+                "WHERE subject = ? AND event = ? AND actor = ? ORDER BY idx LIMIT 1",
+                (normalized.subject, str(normalized.event), normalized.actor),
+            ).fetchone()
+            if row is not None:
+                return self._logged(*row)
+            return self._insert(db, [prepared])[0]
+
+    def size(self) -> int:
+        """Number of entries in the log."""
+        with self._transaction(write=False) as db:
+            return self._size(db)
+
+    def read(self, start: int = 0, end: int | None = None) -> Iterator[LoggedEntry]:
+        """Entries with start <= index < end, in index order (read in chunks, no lock held between)."""
+        position, stop = max(start, 0), _MAX_INDEX if end is None else end
+        while position < stop:
+            with self._transaction(write=False) as db:
+                rows = db.execute(
+                    "SELECT idx, canonical, leaf_hash FROM entries "
+                    "WHERE idx >= ? AND idx < ? ORDER BY idx LIMIT ?",
+                    (position, stop, _CHUNK),
+                ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield self._logged(*row)
+            position = rows[-1][0] + 1
+
+    def find(self, subject: str) -> list[LoggedEntry]:
+        """Entries whose subject is `subject`, in index order."""
+        _check_digest(subject)
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                "SELECT idx, canonical, leaf_hash FROM entries WHERE subject = ? ORDER BY idx", (subject,)
+            ).fetchall()
+        return [self._logged(*row) for row in rows]
+
+    def by_input(self, subject: str) -> list[LoggedEntry]:
+        """Entries that list `subject` among their inputs, in index order."""
+        _check_digest(subject)
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                "SELECT e.idx, e.canonical, e.leaf_hash FROM inputs AS i JOIN entries AS e ON e.idx = i.idx "
+                "WHERE i.input = ? ORDER BY e.idx",
+                (subject,),
+            ).fetchall()
+        return [self._logged(*row) for row in rows]
+
+    def root(self, size: int | None = None) -> bytes:
+        """Root hash of the first `size` entries (default: all), from O(log n) stored subtree hashes."""
+        with self._transaction(write=False) as db:
+            size = self._bounded(db, size)
+            if size == 0:
+                return merkle.EMPTY_ROOT
+            return merkle.Frontier(size, self._node_reader(db)(merkle.border(size))).root()
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """Inclusion proof of entry `index` in the tree of `size` entries (default: all)."""
+        with self._transaction(write=False) as db:
+            size = self._bounded(db, size)
+            return merkle.inclusion_proof(index, size, self._node_reader(db))
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        """Consistency proof from the tree of `old_size` entries to the one of `new_size` (default: all)."""
+        with self._transaction(write=False) as db:
+            new_size = self._bounded(db, new_size)
+            return merkle.consistency_proof(old_size, new_size, self._node_reader(db))
+
+    def checkpoint(self, signer: Signer | Sequence[Signer], origin: str | None = None) -> str:
+        """Sign a C2SP checkpoint of the whole log, store it, and return the note text."""
+        signers = [signer] if isinstance(signer, Signer) else list(signer)
+        if not signers:
+            msg = "a checkpoint needs at least one signer"
+            raise EvidenceError(msg)
+        with self._transaction(write=True) as db:
+            size = self._size(db)
+            root_hash = (
+                merkle.Frontier(size, self._node_reader(db)(merkle.border(size))).root()
+                if size
+                else merkle.EMPTY_ROOT
+            )
+            note = sign_checkpoint(Checkpoint(origin or signers[0].name, size, root_hash), signers)
+            db.execute(
+                "INSERT INTO checkpoints (size, root_hash, note, created_us) VALUES (?, ?, ?, ?)",
+                (size, root_hash, note, time.time_ns() // 1000),
+            )
+        return note
+
+    def close(self) -> None:
+        """Close the database connection (idempotent)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # -- AuditableLog -----------------------------------------------------------------------------
+
+    def node_hashes(self, level: int, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """Stored (index, hash) of complete subtrees at `level`, start <= index < end, by index."""
+        position, stop = max(start, 0), _MAX_INDEX if end is None else end
+        while position < stop:
+            with self._transaction(write=False) as db:
+                rows = db.execute(
+                    "SELECT idx, hash FROM tree "
+                    "WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx LIMIT ?",
+                    (level, position, stop, _CHUNK * 4),
+                ).fetchall()
+            if not rows:
+                return
+            for index, value in rows:
+                yield int(index), bytes(value)
+            position = rows[-1][0] + 1
+
+    def checkpoints(self) -> list[str]:
+        """Signed checkpoint notes this log issued, oldest first."""
+        with self._transaction(write=False) as db:
+            return [str(row[0]) for row in db.execute("SELECT note FROM checkpoints ORDER BY id")]
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _bounded(self, db: sqlite3.Connection, size: int | None) -> int:
+        current = self._size(db)
+        if size is None:
+            return current
+        if not 0 <= size <= current:
+            msg = f"tree size {size} is outside the log, which has {current} entries"
+            raise OutOfRangeError(msg)
+        return size
+
+    def __enter__(self) -> SqliteEvidenceLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SqliteEvidenceLog({str(self.path)!r})"
+
+
+def _check_digest(subject: str) -> None:
+    if not is_digest(subject):
+        msg = f"subjects are 64 lowercase hex characters, got {subject!r}"
+        raise EntryError(msg)
