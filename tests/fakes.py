@@ -2,39 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-from tidm.evidence.api import EvidenceEntry, LoggedEntry
 from tidm.ingest.transports.base import Delivery, Message
-
-
-class MemoryEvidence:
-    """An EvidenceLog that keeps entries in a list (no Merkle tree, no durability)."""
-
-    def __init__(self) -> None:
-        self.entries: list[LoggedEntry] = []
-
-    def append(self, entries: Sequence[EvidenceEntry]) -> list[LoggedEntry]:
-        out = []
-        for e in entries:
-            raw = repr(e).encode()
-            logged = LoggedEntry(len(self.entries), e, raw, hashlib.sha256(b"\0" + raw).digest())
-            self.entries.append(logged)
-            out.append(logged)
-        return out
-
-    def size(self) -> int:
-        return len(self.entries)
-
-    def read(self, start: int = 0, end: int | None = None) -> Iterator[LoggedEntry]:
-        yield from self.entries[start:end]
-
-    def find(self, subject: str) -> list[LoggedEntry]:
-        return [e for e in self.entries if e.entry.subject == subject]
-
-    def close(self) -> None:
-        pass
 
 
 class MemoryProducer:

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pyarrow as pa
 
+from tidm.evidence import trace
 from tidm.evidence.api import EventType, EvidenceLog
 from tidm.simulator import ProducedSample
 from tidm.storage import Lake
@@ -60,5 +61,8 @@ def assert_lineage(lake: Lake, evidence: EvidenceLog) -> int:
                 assert {EventType.CREATE, EventType.SEND, EventType.RECEIVE} <= events, (
                     f"batch {batch} of {key} lacks a hop: has {sorted(events)}"
                 )
+            walk = trace(evidence, digest)
+            assert walk.ok, f"lineage of {key}: {walk.problems[:3]}"
+            assert set(walk.sources) == set(steps[0].inputs)
             checked += 1
     return checked

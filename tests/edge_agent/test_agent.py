@@ -1,11 +1,12 @@
 import asyncio
 
 import pytest
-from tests.fakes import MemoryEvidence, MemoryProducer
+from tests.fakes import MemoryProducer
 
 from tidm.edge_agent import Agent, AgentSettings, BatchSettings
 from tidm.edge_agent.batcher import Batcher
 from tidm.edge_agent.sources.base import Emit, RawSample
+from tidm.evidence import MemoryEvidenceLog
 from tidm.evidence.api import EventType
 from tidm.ingest import AgentIdentity, TrustedAgents, open_envelope
 
@@ -61,7 +62,7 @@ def test_batcher_size_trigger_and_per_source_seq() -> None:
 async def test_agent_publishes_every_sample_once_in_a_signed_chain() -> None:
     identity = AgentIdentity.generate("agent-x")
     producer = MemoryProducer()
-    evidence = MemoryEvidence()
+    evidence = MemoryEvidenceLog()
     samples = _samples("pump", 95) + _samples("fan", 40)
     agent = Agent(
         AgentSettings(
@@ -87,7 +88,7 @@ async def test_agent_publishes_every_sample_once_in_a_signed_chain() -> None:
         assert b.provenance.prev_batch_hash == prev
         assert b.message.key == b.provenance.asset_id.encode()
         prev = b.sha256
-    events = [(e.entry.event, e.entry.subject) for e in evidence.entries]
+    events = [(e.entry.event, e.entry.subject) for e in evidence.read()]
     for b in batches:
         assert (EventType.CREATE, b.sha256) in events and (EventType.SEND, b.sha256) in events
 
@@ -101,7 +102,7 @@ async def test_agent_fails_loudly_when_the_transport_fails() -> None:
         AgentSettings(agent_id="a", batch=BatchSettings(max_rows=5, max_age_ms=10, max_pending=2)),
         identity=AgentIdentity.generate("a"),
         producer=Broken(),
-        evidence=MemoryEvidence(),
+        evidence=MemoryEvidenceLog(),
         sources=[ListSource("src", _samples("x", 100))],
     )
     with pytest.raises(ConnectionError, match="broker gone"):

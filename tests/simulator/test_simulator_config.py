@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+import tidm.simulator
 from tidm.simulator import (
     AssetConfig,
     SignalConfig,
@@ -193,3 +194,10 @@ def test_empty_file_is_the_default_config(tmp_path: Path) -> None:
     path = tmp_path / "empty.yaml"
     path.write_text("", encoding="utf-8")
     assert load_config(path) == SimulatorConfig()
+
+
+def test_packaged_example_config_loads() -> None:
+    cfg = load_config(Path(tidm.simulator.__file__).parent / "example.yaml")
+    assert cfg.signal_count == 8
+    assert cfg.tick_ms == 100
+    assert {a.name for a in cfg.assets} == {"Pump001", "Compressor001"}

@@ -43,6 +43,7 @@ from tidm.evidence.errors import (
     UnverifiedNoteError,
     VerificationError,
 )
+from tidm.evidence.lineage import Trace, trace
 from tidm.evidence.memory import MemoryEvidenceLog
 from tidm.evidence.merkle import (
     EMPTY_ROOT,
@@ -59,6 +60,8 @@ from tidm.evidence.sqlite import SqliteEvidenceLog
 from tidm.evidence.verify import VerifyReport, verify_entry, verify_log
 
 __all__ = [
+    "Trace",
+    "trace",
     "EMPTY_ROOT",
     "MAX_ENTRY_BYTES",
     "AuditableLog",
