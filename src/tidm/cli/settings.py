@@ -79,12 +79,15 @@ class JobProcessSettings(BaseModel):
     quarantine_path: Path = Path("quarantine")
 
 
-def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+def _apply_env(doc: dict[str, Any], env: Mapping[str, str], sections: set[str]) -> dict[str, Any]:
+    """Overlay `TIDM_<SECTION>__<FIELD>=value` variables. Sections the process does not have are
+    skipped, because one environment (a Kubernetes ConfigMap) often serves several processes;
+    unknown fields inside a known section still fail validation, so typos are caught."""
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX):
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
-        if not path:
+        if not path or path[0] not in sections:
             continue
         node = doc
         for part in path[:-1]:
@@ -114,7 +117,7 @@ def load_settings(model: type[M], path: Path | None, env: Mapping[str, str] | No
             msg = f"{where}: expected a mapping at the top level"
             raise ConfigError(msg)
         doc = loaded or {}
-    doc = _apply_env(doc, os.environ if env is None else env)
+    doc = _apply_env(doc, os.environ if env is None else env, set(model.model_fields))
     try:
         return model.model_validate(doc)
     except ValidationError as exc:

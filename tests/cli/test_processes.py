@@ -1,0 +1,179 @@
+"""The fleet's processes as separate OS processes: simulator, agent and job on real Kafka and S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from tidm.cli.main import cli
+from tidm.evidence import Signer, save_signer
+from tidm.storage import Lake
+
+TIDM = [sys.executable, "-m", "tidm.cli.main"]
+
+
+def test_every_command_has_help() -> None:
+    runner = CliRunner()
+    for args in (
+        [],
+        ["demo"],
+        ["agent"],
+        ["agent", "keygen"],
+        ["agent", "run"],
+        ["job"],
+        ["job", "run"],
+        ["sim", "run"],
+        ["evidence", "checkpoint"],
+        ["evidence", "verify"],
+    ):
+        out = runner.invoke(cli, [*args, "--help"])
+        assert out.exit_code == 0, (args, out.output)
+        assert "Usage:" in out.output
+
+
+def test_bad_settings_name_the_file_and_field(tmp_path: Path) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_text("job:\n  max_records: -1\n  nonsense: 1\n")
+    out = CliRunner().invoke(cli, ["job", "run", "--spec", str(spec)])
+    assert out.exit_code != 0
+    text = str(out.exception)
+    assert str(spec) in text and "job.max_records" in text and "job.nonsense" in text
+
+
+def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([*TIDM, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, log.read_text()
+
+
+@pytest.mark.integration
+def test_agent_and_job_processes_on_kafka_and_s3(
+    kafka_bootstrap: str,
+    s3_config: dict[str, str],
+    s3_bucket: str,
+    unique_name,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    topic = unique_name("samples")
+    env = {**os.environ, "TIDM_TRANSPORT__BOOTSTRAP": kafka_bootstrap}
+    sim_cfg = tmp_path / "sim.yaml"
+    sim_cfg.write_text(yaml.safe_dump({"assets": [{"asset_id": "urn:tidm:asset:press-7", "name": "Press7"}]}))
+    sim = subprocess.Popen([*TIDM, "sim", "run", "--config", str(sim_cfg)], stdout=subprocess.PIPE, env=env)
+    try:
+        assert sim.stdout is not None
+        endpoint = json.loads(sim.stdout.readline())["endpoint"]
+        key, trust = tmp_path / "agent.key", tmp_path / "trusted.json"
+        subprocess.run(
+            [*TIDM, "agent", "keygen", "--agent-id", "gw-1", "--out", str(key), "--trust-file", str(trust)],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
+        evidence = tmp_path / "evidence.db"
+        agent_cfg = tmp_path / "agent.yaml"
+        agent_cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "agent": {
+                        "agent_id": "gw-1",
+                        "site": "plant-9",
+                        "key_file": str(key),
+                        "topic": topic,
+                        "batch": {"max_age_ms": 200},
+                        "opcua": [{"endpoint": endpoint}],
+                    },
+                    "transport": {"kind": "kafka", "partitions": 2},
+                    "evidence": {"path": str(evidence)},
+                }
+            )
+        )
+        job_cfg = tmp_path / "job.yaml"
+        job_cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "job": {"name": "clean", "topics": [topic], "group_id": unique_name("g")},
+                    "transport": {"kind": "kafka", "partitions": 2},
+                    "evidence": {"path": str(evidence)},
+                    "lake": {
+                        "url": f"s3://{s3_bucket}/lake",
+                        "endpoint": s3_config["endpoint"],
+                        "region": s3_config["region"],
+                    },
+                    "trusted_agents": str(trust),
+                }
+            )
+        )
+        # Secrets come from the environment, as on Kubernetes, not from the file.
+        env["TIDM_LAKE__ACCESS_KEY"] = s3_config["access_key"]
+        env["TIDM_LAKE__SECRET_KEY"] = s3_config["secret_key"]
+        agent = _start(["agent", "run", "--config", str(agent_cfg)], tmp_path / "agent.log", env)
+        job = _start(["job", "run", "--spec", str(job_cfg)], tmp_path / "job.log", env)
+        lake = Lake.s3(
+            bucket=s3_bucket,
+            prefix="lake",
+            endpoint=s3_config["endpoint"],
+            access_key=s3_config["access_key"],
+            secret_key=s3_config["secret_key"],
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(lake.list_keys("clean")) < 3:
+            time.sleep(0.5)
+        _stop(agent, tmp_path / "agent.log")
+        time.sleep(2)
+        _stop(job, tmp_path / "job.log")
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(timeout=30)
+        if sim.stdout is not None:
+            sim.stdout.close()
+    keys = lake.list_keys("clean")
+    assert len(keys) >= 3, (tmp_path / "job.log").read_text()
+    assert all("site=plant-9/asset=urn%3Atidm%3Aasset%3Apress-7/date=" in k for k in keys)
+    table = pq.read_table(lake.path(keys[0]), filesystem=lake.filesystem)
+    assert table.num_rows > 0
+    signer = Signer.generate("test/notary")
+    save_signer(signer, tmp_path / "notary.key")
+    cp = tmp_path / "checkpoint"
+    subprocess.run(
+        [
+            *TIDM,
+            "evidence",
+            "checkpoint",
+            "--log",
+            str(evidence),
+            "--key",
+            str(tmp_path / "notary.key"),
+            "--out",
+            str(cp),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    verified = subprocess.run(
+        [*TIDM, "evidence", "verify", "--log", str(evidence), "--checkpoint", str(cp), "--vkey", signer.vkey],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.startswith("ok: ")
