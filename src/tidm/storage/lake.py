@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import quote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -26,9 +26,20 @@ import pyarrow.parquet as pq
 from tidm.storage.config import LakeSettings
 from tidm.storage.errors import LakeError, LakeUnavailable
 
-__all__ = ["LandedObject", "LandingIntent", "Lake", "object_key"]
+__all__ = ["LandedObject", "LandingIntent", "Lake", "object_key", "partition_segment", "partition_value"]
 
 _INTENTS = "_intents"
+
+
+def partition_value(segment: str, name: str) -> str | None:
+    """The decoded value of a `name=value` path segment, or None if the segment is another one."""
+    key, sep, value = segment.partition("=")
+    return unquote(value) if sep and key == name else None
+
+
+def partition_segment(name: str, value: str) -> str:
+    """`name=value` with the value percent-encoded, as the lake names its partition folders."""
+    return _segment(name, value)
 
 
 def _segment(name: str, value: str) -> str:
@@ -76,11 +87,19 @@ class LandingIntent:
 class Lake:
     """Objects under one root on one filesystem."""
 
-    def __init__(self, fs: pafs.FileSystem, root: str, *, description: str) -> None:
+    def __init__(
+        self,
+        fs: pafs.FileSystem,
+        root: str,
+        *,
+        description: str,
+        storage_options: dict[str, str] | None = None,
+    ) -> None:
         self._fs = fs
         self._root = root.rstrip("/")
         self._local = isinstance(fs, pafs.LocalFileSystem)
         self.description = description
+        self._storage_options = storage_options or {}
 
     @classmethod
     def local(cls, path: Path) -> Lake:
@@ -109,7 +128,15 @@ class Lake:
             kwargs["secret_key"] = secret_key
         fs = pafs.S3FileSystem(**kwargs)
         root = f"{bucket}/{prefix.strip('/')}".rstrip("/")
-        return cls(fs, root, description=f"s3://{root}")
+        # The same settings in the object_store spelling polars (and delta/duckdb) understand.
+        options = {"aws_region": region}
+        if endpoint:
+            options["aws_endpoint_url"] = endpoint
+            options["aws_allow_http"] = "true" if endpoint.startswith("http://") else "false"
+        if access_key is not None and secret_key is not None:
+            options["aws_access_key_id"] = access_key
+            options["aws_secret_access_key"] = secret_key
+        return cls(fs, root, description=f"s3://{root}", storage_options=options)
 
     @classmethod
     def from_settings(cls, settings: LakeSettings) -> Lake:
@@ -137,6 +164,26 @@ class Lake:
     def path(self, key: str) -> str:
         """The filesystem path of a lake-relative key."""
         return f"{self._root}/{key}"
+
+    def uri(self, key: str) -> str:
+        """A URI of the key for readers outside pyarrow.fs (polars, duckdb): a path or s3://..."""
+        return self.path(key) if self._local else f"s3://{self.path(key)}"
+
+    @property
+    def storage_options(self) -> dict[str, str] | None:
+        """Credentials and endpoint for polars' object store; None for a local folder."""
+        return None if self._local else dict(self._storage_options)
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        """Names of the immediate sub-folders of `prefix` (a folder-like key), sorted."""
+        base = self.path(prefix).rstrip("/")
+        selector = pafs.FileSelector(base, recursive=False, allow_not_found=True)
+        try:
+            infos = self._fs.get_file_info(selector)
+        except OSError as exc:
+            msg = f"cannot list {prefix!r} at {self.description}: {exc}"
+            raise LakeUnavailable(msg) from exc
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
     # -- objects ---------------------------------------------------------------------------------
 
