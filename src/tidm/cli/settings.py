@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tidm.edge_agent.config import AgentSettings
+from tidm.edge_agent.config import AgentSettings, HealthSettings
 from tidm.errors import Terminal, TidmError
+from tidm.evidence.objectstore import S3StoreSettings
 from tidm.storage.config import LakeSettings
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "ConfigError",
     "EvidenceSettings",
     "JobProcessSettings",
+    "NotaryProcessSettings",
     "TransportSettings",
     "load_settings",
 ]
@@ -55,6 +57,7 @@ class AgentProcessSettings(BaseModel):
     agent: AgentSettings = AgentSettings()
     transport: TransportSettings = TransportSettings()
     evidence: EvidenceSettings = EvidenceSettings()
+    health: HealthSettings = HealthSettings()
 
 
 class JobSection(BaseModel):
@@ -79,6 +82,65 @@ class JobProcessSettings(BaseModel):
     quarantine_path: Path = Path("quarantine")
 
 
+class NotarySection(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    topic: str = "tidm.evidence"
+    group_id: str = "tidm-notary"
+    key_file: Path = Path("notary.key")
+    origin: str | None = None
+    checkpoint_every: int = Field(default=1000, ge=1)
+    checkpoint_interval_s: float = Field(default=5.0, gt=0)
+
+
+class EvidenceStoreSettings(BaseModel):
+    """Where the notary writes: SQLite (`path` a file), tiles in a folder (`path`) or tiles on S3."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["sqlite", "tiles", "s3"] = "sqlite"
+    path: Path = Path("evidence.db")
+    s3: S3StoreSettings = S3StoreSettings()
+
+
+class NotaryProcessSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    notary: NotarySection = NotarySection()
+    transport: TransportSettings = TransportSettings()
+    store: EvidenceStoreSettings = EvidenceStoreSettings()
+
+
+class ReadSection(BaseModel):
+    """Who reads and what governs reads: grants, the signal catalog, retention."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    principal: str = "local-operator"
+    grants: Path = Path("grants.yaml")
+    catalog: Path | None = None
+    retention_days: dict[str, int] = Field(default_factory=dict)
+
+
+class ServeSection(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_rows_per_page: int = Field(default=100_000, ge=1)
+
+
+class LakeAccessSettings(BaseModel):
+    """Settings of `tidm query`, `tidm catalog`, `tidm recall`, `tidm lake ...` and `tidm serve`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lake: LakeSettings = LakeSettings()
+    evidence: EvidenceSettings = EvidenceSettings()
+    read: ReadSection = ReadSection()
+    serve: ServeSection = ServeSection()
+
+
 def _apply_env(doc: dict[str, Any], env: Mapping[str, str], sections: set[str]) -> dict[str, Any]:
     """Overlay `TIDM_<SECTION>__<FIELD>=value` variables. Sections the process does not have are
     skipped, because one environment (a Kubernetes ConfigMap) often serves several processes;
@@ -100,13 +162,80 @@ def _apply_env(doc: dict[str, Any], env: Mapping[str, str], sections: set[str]) 
     return doc
 
 
+def _field_exists(model: type[BaseModel], path: list[str]) -> bool:
+    """True when `path` names a field of `model`, descending through nested settings models."""
+    current: type[BaseModel] | None = model
+    for part in path:
+        if current is None or part not in current.model_fields:
+            return False
+        annotation = current.model_fields[part].annotation
+        candidates = (annotation, *get_args(annotation))
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return True
+
+
+def _resolve_file_vars(model: type[BaseModel], env: Mapping[str, str]) -> dict[str, str]:
+    """Turn `TIDM_<SECTION>__<FIELD>_FILE=/run/secrets/x` into `<FIELD>` = the file's text, so
+    secrets come from mounted files and never sit in the environment. A variable whose name is a
+    field itself (`TIDM_AGENT__KEY_FILE`) keeps its meaning; only the trailing newline is cut."""
+    resolved = dict(env)
+    for name, value in env.items():
+        if not (name.startswith(ENV_PREFIX) and name.endswith("_FILE")):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) : -len("_FILE")].split("__") if p]
+        if not path or _field_exists(model, [*path[:-1], f"{path[-1]}_file"]):
+            continue
+        if not _field_exists(model, path):
+            continue
+        try:
+            text = Path(value).read_text(encoding="utf-8")
+        except OSError as exc:
+            msg = f"{name}: cannot read the file it names ({value}): {exc.strerror}"
+            raise ConfigError(msg) from None
+        del resolved[name]
+        resolved[name[: -len("_FILE")]] = text.rstrip("\r\n")
+    return resolved
+
+
+def _yaml_with_lines(text: str) -> tuple[Any, dict[tuple[str | int, ...], int]]:
+    """Parse YAML, and record the 1-based line of every mapping key and sequence item by path, so a
+    validation error can name the line (pydantic locations are such paths)."""
+    lines: dict[tuple[str | int, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = (*path, str(key.value))
+                lines[child] = key.start_mark.line + 1
+                walk(value, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, value in enumerate(node.value):
+                lines[(*path, i)] = value.start_mark.line + 1
+                walk(value, (*path, i))
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, ())
+    return yaml.safe_load(text), lines
+
+
+def _line_of(loc: tuple[str | int, ...], lines: Mapping[tuple[str | int, ...], int]) -> int | None:
+    """The line of the longest prefix of `loc` written in the file (None if it came from elsewhere)."""
+    for end in range(len(loc), 0, -1):
+        line = lines.get(loc[:end])
+        if line is not None:
+            return line
+    return None
+
+
 def load_settings(model: type[M], path: Path | None, env: Mapping[str, str] | None = None) -> M:
     """Read `path` (YAML) if given, apply environment overrides, validate into `model`."""
     doc: dict[str, Any] = {}
+    lines: dict[tuple[str | int, ...], int] = {}
     where = str(path) if path is not None else "<defaults>"
     if path is not None:
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded, lines = _yaml_with_lines(path.read_text(encoding="utf-8"))
         except OSError as exc:
             msg = f"cannot read settings file {where}: {exc.strerror}"
             raise ConfigError(msg) from exc
@@ -117,10 +246,15 @@ def load_settings(model: type[M], path: Path | None, env: Mapping[str, str] | No
             msg = f"{where}: expected a mapping at the top level"
             raise ConfigError(msg)
         doc = loaded or {}
-    doc = _apply_env(doc, os.environ if env is None else env, set(model.model_fields))
+    env = _resolve_file_vars(model, os.environ if env is None else env)
+    doc = _apply_env(doc, env, set(model.model_fields))
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        msg = f"{where}: {problems}"
+        problems = []
+        for e in exc.errors():
+            line = _line_of(tuple(e["loc"]), lines)
+            at = f"{where}:{line}" if line is not None else where
+            problems.append(f"{at}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}")
+        msg = "; ".join(problems)
         raise ConfigError(msg) from None

@@ -1,0 +1,80 @@
+"""Wiring of the read side: lake, evidence, grants and catalog, from `LakeAccessSettings`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tidm.cli.settings import LakeAccessSettings
+from tidm.evidence import SqliteEvidenceLog
+from tidm.semantics.classification import Level
+from tidm.storage import Lake
+from tidm.storage.access import AccessControl, load_access
+from tidm.storage.read import LakeReader, SignalInfo
+
+__all__ = ["ReadSide", "load_signal_infos", "open_read_side", "parse_time"]
+
+
+def parse_time(text: str) -> dt.datetime:
+    """ISO 8601 with a timezone, or a date (midnight UTC), or 'now'."""
+    if text == "now":
+        return dt.datetime.now(dt.UTC)
+    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        if len(text) == 10:
+            return value.replace(tzinfo=dt.UTC)
+        msg = f"time {text!r} needs a timezone (e.g. 2026-11-28T06:00:00Z) or be a date"
+        raise ValueError(msg)
+    return value
+
+
+def load_signal_infos(path: Path | None) -> dict[tuple[str, str], SignalInfo]:
+    """The signal catalog (JSON written from the AAS plan) as read-side metadata."""
+    if path is None:
+        return {}
+    from tidm.semantics.catalog import SignalCatalog
+
+    catalog = SignalCatalog.load(path)
+    return {
+        (entry.asset_id, entry.signal): SignalInfo(
+            unit=entry.unit, semantic_id=entry.semantic_id, level=entry.level
+        )
+        for entry in catalog
+    }
+
+
+@dataclass
+class ReadSide:
+    lake: Lake
+    evidence: SqliteEvidenceLog
+    access: AccessControl
+    catalog: dict[tuple[str, str], SignalInfo]
+    settings: LakeAccessSettings
+
+    def reader(self, principal: str | None = None, *, channel: str) -> LakeReader:
+        return LakeReader(
+            self.lake,
+            access=self.access,
+            principal=principal or self.settings.read.principal,
+            catalog=self.catalog,
+            channel=channel,
+            default_level=Level.CORE,
+        )
+
+
+@contextmanager
+def open_read_side(settings: LakeAccessSettings) -> Iterator[ReadSide]:
+    evidence = SqliteEvidenceLog(settings.evidence.path)
+    try:
+        yield ReadSide(
+            lake=Lake.from_settings(settings.lake),
+            evidence=evidence,
+            access=load_access(settings.read.grants, evidence),
+            catalog=load_signal_infos(settings.read.catalog),
+            settings=settings,
+        )
+    finally:
+        evidence.close()
