@@ -17,6 +17,7 @@ from tidm.semantics.errors import SchemaError
 
 __all__ = [
     "CLEAN_SCHEMA",
+    "CLEAN_SCHEMA_VERSION",
     "SAMPLES_SCHEMA",
     "SCHEMA_VERSION",
     "Quality",
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = "samples/1"
+CLEAN_SCHEMA_VERSION = "clean/1"
 
 _TS = pa.timestamp("us", tz="UTC")
 _DICT = pa.dictionary(pa.int32(), pa.string())

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
@@ -234,8 +233,17 @@ class Lake:
         cut = len(self._root) + 1
         return sorted(i.path[cut:] for i in infos if i.type == pafs.FileType.File)
 
-    def write_parquet(self, key: str, table: pa.Table) -> LandedObject:
-        """Write `table` as one Parquet object (zstd, statistics) and return its digest."""
+    def write_parquet(self, key: str, table: pa.Table, *, schema_version: str | None = None) -> LandedObject:
+        """Write `table` as one Parquet object (zstd, statistics) and return its digest.
+
+        The table name (first key segment) and `schema_version` are kept in the file's metadata
+        (`tidm.table`, `tidm.schema_version`), so readers can tell schema versions apart across a drift.
+        """
+        meta = dict(table.schema.metadata or {})
+        meta[b"tidm.table"] = key.split("/", 1)[0].encode()
+        if schema_version is not None:
+            meta[b"tidm.schema_version"] = schema_version.encode()
+        table = table.replace_schema_metadata(meta)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd", write_statistics=True, row_group_size=1 << 20)
         data = sink.getvalue().to_pybytes()
@@ -274,8 +282,16 @@ class Lake:
             )
         return sorted(out, key=lambda i: i.first)
 
-    def objects(self, table: str) -> Iterator[str]:
-        yield from (k for k in self.list_keys(table) if k.endswith(".parquet"))
+    def schema_versions(self, table: str) -> dict[str, list[str]]:
+        """Schema version -> keys of the table's objects written with it (from the file footers)."""
+        versions: dict[str, list[str]] = {}
+        for key in self.list_keys(table):
+            if not key.endswith(".parquet"):
+                continue
+            meta = pq.read_schema(self.path(key), filesystem=self._fs).metadata or {}
+            version = meta.get(b"tidm.schema_version", b"unknown").decode()
+            versions.setdefault(version, []).append(key)
+        return versions
 
 
 def _atomic_local_write(path: Path, data: bytes) -> None:

@@ -188,3 +188,18 @@ def lake_expire(config: Path | None) -> None:
     with open_read_side(settings) as side:
         expired = expire(side.lake, side.evidence, retention=retention, actor="retention")
     click.echo(f"expired {len(expired)} objects")
+
+
+@lake.command("init")
+@click.option("--object-lock/--no-object-lock", default=False, help="Create the bucket with object lock.")
+@_CONFIG
+def lake_init(object_lock: bool, config: Path | None) -> None:
+    """Create the lake's S3 bucket (versioning on; object lock if asked) and report what the server grants."""
+    from tidm.storage.buckets import ensure_bucket
+
+    state = ensure_bucket(_settings(config).lake, object_lock=object_lock)
+    click.echo(
+        f"bucket {state.bucket}: {'created' if state.created else 'exists'}, "
+        f"versioning {'on' if state.versioning else 'OFF'}, "
+        f"object lock {'on' if state.object_lock else 'off'}"
+    )
