@@ -21,6 +21,21 @@ class Flag(enum.IntFlag):
 
     BAD_QUALITY = 1 << 0
     NAN_VALUE = 1 << 1
+    # Set by the Numba kernels (tidm.stream_processing.kernels); one bit per finding or action.
+    OUT_OF_RANGE = 1 << 2  # finite value outside the signal's [min, max]
+    NOT_FINITE = 1 << 3  # +inf or -inf
+    FLATLINE = 1 << 4  # part of a run of equal values long enough to look like a stuck sensor
+    SPIKE = 1 << 5  # Hampel outlier: |x - median| > n * 1.4826 * MAD in its window
+    SPIKE_REPLACED = 1 << 6  # the spike's value was replaced by its window median
+    DUPLICATE = 1 << 7  # same timestamp as another sample of the signal (the other one is kept)
+    OUT_OF_ORDER = 1 << 8  # arrived with a timestamp older than one already seen for the signal
+    GAP_BEFORE = 1 << 9  # the time since the previous sample of the signal exceeds the gap limit
+    GAP_FILLED = 1 << 10  # a generated row filling a gap (linear or previous value)
+    RESAMPLED = 1 << 11  # a generated row on a fixed time grid (mean/last/min/max/linear of a bucket)
+    COMPRESSED = 1 << 12  # dropped by deadband or swinging-door compression (within tolerance)
+    UNIT_CONVERTED = 1 << 13  # value converted to the SI unit of the catalog unit
+    UNIT_UNKNOWN = 1 << 14  # the catalog unit has no known SI conversion
+    DP_NOISE = 1 << 15  # differential-privacy noise added to an aggregate
 
 
 @dataclass(frozen=True)
@@ -41,8 +56,13 @@ def with_flags(table: pa.Table, flags: np.ndarray | None = None) -> pa.Table:
 def drop_bad_samples(table: pa.Table) -> StepResult:
     """Keep good-quality samples that carry a value: a finite-or-infinite float, or a text value.
 
-    Rejected rows keep their data and get flags saying why (bad quality, NaN/missing value).
+    Rejected rows keep their data and get flags saying why (bad quality, NaN/missing value). A
+    `flags` column already present (from earlier steps) is kept and added to.
     """
+    earlier = None
+    if "flags" in table.column_names:
+        earlier = table.column("flags").to_numpy(zero_copy_only=False).astype(np.uint32)
+        table = table.drop_columns(["flags"])
     quality = table.column("quality").to_numpy(zero_copy_only=False)
     value = table.column("value").to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     has_text = table.column("value_text").is_valid().to_numpy(zero_copy_only=False)
@@ -50,7 +70,7 @@ def drop_bad_samples(table: pa.Table) -> StepResult:
     flags[quality != Quality.GOOD] |= np.uint32(Flag.BAD_QUALITY)
     flags[np.isnan(value) & ~has_text] |= np.uint32(Flag.NAN_VALUE)
     keep = flags == 0
-    flagged = with_flags(table, flags)
+    flagged = with_flags(table, flags if earlier is None else flags | earlier)
     kept = flagged.filter(pa.array(keep))
     rejected = flagged.filter(pa.array(~keep))
     counts = {
