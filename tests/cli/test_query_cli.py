@@ -122,3 +122,30 @@ def test_catalog_recall_and_expire(tmp_path: Path) -> None:
     events = _events(tmp_path)
     assert events.count(EventType.DROP) == 2
     assert events.count(EventType.EXPIRE) >= 2, "the fixed 2026-11-27 data is older than today"
+
+
+def test_catalog_joins_the_signal_catalog(tmp_path: Path) -> None:
+    from tidm.semantics.catalog import CatalogEntry, SignalCatalog
+    from tidm.semantics.classification import Level
+
+    config = _setup(tmp_path)
+    SignalCatalog(
+        [
+            CatalogEntry(
+                ASSET, "pressure", unit="bar", semantic_id="0173-1#02-AAB663#003", level=Level.GENERAL
+            ),
+            CatalogEntry(ASSET, "vibration", unit="mm/s", level=Level.IMPORTANT),
+        ]
+    ).save(tmp_path / "catalog.json")
+    doc = yaml.safe_load(config.read_text())
+    doc["read"]["catalog"] = str(tmp_path / "catalog.json")
+    config.write_text(yaml.safe_dump(doc))
+    out = CliRunner().invoke(cli, ["catalog", "--format", "json", "--config", str(config)])
+    assert out.exit_code == 0, out.output
+    import json
+
+    rows = {(r["asset"], r["signal"]): r for r in json.loads(out.output)}
+    assert rows[(ASSET, "pressure")]["unit"] == "bar" and rows[(ASSET, "pressure")]["rows"] == 3 * 480
+    assert rows[(ASSET, "pressure")]["level"] == "general"
+    assert rows[(ASSET, "vibration")]["rows"] == 0, "catalogued but no data yet"
+    assert rows[(ASSET, "flow")]["level"] == "unclassified"
