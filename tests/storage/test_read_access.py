@@ -222,3 +222,13 @@ def test_unknown_signals_count_as_core(local_lake: Lake) -> None:
     with pytest.raises(AccessDenied, match="ceiling"):
         reader.read_unit(ASSET, DAY1, DAY1 + dt.timedelta(days=1), ["pressure"])
     assert reader.read_unit(ASSET, DAY1, DAY1 + dt.timedelta(days=1)).collect().height == 0
+
+
+def test_times_outside_the_lake_range_are_clear_errors(local_lake: Lake) -> None:
+    from tidm.storage.errors import LakeError
+
+    reader = _reader(local_lake, MemoryEvidenceLog())
+    with pytest.raises(LakeError, match="outside the lake's range"):
+        reader.read_unit(ASSET, dt.datetime(1, 1, 1, tzinfo=UTC), DAY1)
+    with pytest.raises(LakeError, match="empty time range"):
+        reader.read_unit(ASSET, DAY1, DAY1)

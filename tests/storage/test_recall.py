@@ -54,7 +54,11 @@ def test_recall_on_a_local_folder(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_recall_on_s3(s3_config: dict[str, str], s3_bucket: str) -> None:
+def test_recall_on_s3_leaves_no_versions(s3_config: dict[str, str], s3_bucket: str, s3_client) -> None:  # type: ignore[no-untyped-def]
+    from minio.commonconfig import ENABLED
+    from minio.versioningconfig import VersioningConfig
+
+    s3_client.set_bucket_versioning(s3_bucket, VersioningConfig(ENABLED))
     lake = Lake.s3(
         bucket=s3_bucket,
         endpoint=s3_config["endpoint"],
@@ -63,7 +67,19 @@ def test_recall_on_s3(s3_config: dict[str, str], s3_bucket: str) -> None:
         region=s3_config["region"],
     )
     _fill(lake)
+    _fill(lake)  # a second write of every object: two versions each
     _check_recall(lake)
+    names = {o.object_name: 0 for o in s3_client.list_objects(s3_bucket, recursive=True)}
+    for version in s3_client.list_objects(s3_bucket, recursive=True, include_version=True):
+        if version.object_name in names:
+            names[version.object_name] += 1
+        else:
+            raise AssertionError(f"a version of recalled {version.object_name} is still there")
+    day2 = [n for n in names if "date=2026-11-28" in n and "pump" in n]
+    (rewritten,) = [n for n in day2 if n.endswith("-1440-1441.parquet")]
+    (untouched,) = [n for n in day2 if n != rewritten]
+    assert names[rewritten] == 1, "the rewrite left no older version with the recalled rows behind"
+    assert names[untouched] == 2, "objects outside the recall keep their history"
 
 
 def test_retention_expires_whole_old_days(tmp_path: Path) -> None:

@@ -211,6 +211,38 @@ class Lake:
             msg = f"cannot read lake object {key!r} at {self.description}: {exc}"
             raise LakeUnavailable(msg) from exc
 
+    def purge(self, key: str) -> int:
+        """Delete an object and, in a versioned bucket, every earlier version of it (a recall must
+        not leave the data recoverable). Returns the number of versions removed."""
+        if self._local:
+            existed = self.exists(key)
+            self.delete(key)
+            return int(existed)
+        from minio import Minio
+        from minio.error import S3Error
+
+        endpoint = urlparse(self._storage_options.get("aws_endpoint_url", "https://s3.amazonaws.com"))
+        client = Minio(
+            endpoint.netloc,
+            access_key=self._storage_options.get("aws_access_key_id"),
+            secret_key=self._storage_options.get("aws_secret_access_key"),
+            secure=endpoint.scheme == "https",
+            region=self._storage_options.get("aws_region"),
+        )
+        bucket, _, name = self.path(key).partition("/")
+        removed = 0
+        try:
+            for version in client.list_objects(bucket, prefix=name, include_version=True):
+                if version.object_name == name:
+                    client.remove_object(bucket, name, version_id=version.version_id)
+                    removed += 1
+        except S3Error as exc:
+            msg = f"cannot purge {key!r} at {self.description}: {exc.code}"
+            raise LakeUnavailable(msg) from exc
+        finally:
+            client._http.clear()  # noqa: SLF001 - minio keeps a urllib3 pool open otherwise
+        return removed
+
     def exists(self, key: str) -> bool:
         info = self._fs.get_file_info(self.path(key))
         return bool(info.type == pafs.FileType.File)

@@ -21,17 +21,24 @@ from tidm.storage.access import AccessControl, ReadRequest
 from tidm.storage.errors import AccessDenied, LakeError
 from tidm.storage.lake import Lake, partition_segment, partition_value
 
-__all__ = ["LakeReader", "SignalInfo", "UnitObjects", "unit_objects"]
+__all__ = ["LakeReader", "SignalInfo", "UnitObjects", "to_us", "unit_objects"]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MAX_US = 2**53
 
 
-def _us(value: dt.datetime) -> int:
+def to_us(value: dt.datetime) -> int:
     if value.tzinfo is None:
         msg = f"time {value.isoformat()} has no timezone; pass UTC times (e.g. 2026-11-28T00:00:00Z)"
         raise LakeError(msg)
     delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    # Samples are after 1970, and evidence entries keep times as exact JSON integers (< 2**53 µs,
+    # the year 2255): anything outside is a mistake, not a query.
+    if not 0 <= us < _MAX_US:
+        msg = f"time {value.isoformat()} is outside the lake's range (1970-01-01 to 2255-06-05 UTC)"
+        raise LakeError(msg)
+    return us
 
 
 @dataclass(frozen=True)
@@ -131,7 +138,7 @@ class LakeReader:
         Raises AccessDenied (recorded in the evidence log) when no grant of the principal allows it.
         With `with_metadata`, unit and semantic id from the catalog are joined as columns.
         """
-        start_us, end_us = _us(start), _us(end)
+        start_us, end_us = to_us(start), to_us(end)
         if end_us <= start_us:
             msg = f"empty time range: {start.isoformat()} is not before {end.isoformat()}"
             raise LakeError(msg)

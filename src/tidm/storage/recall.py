@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from tidm.evidence.api import EventType, EvidenceEntry, EvidenceLog
 from tidm.storage.errors import LakeError
 from tidm.storage.lake import Lake, partition_value
-from tidm.storage.read import unit_objects
+from tidm.storage.read import to_us, unit_objects
 
 __all__ = ["RecallResult", "expire", "recall"]
 
@@ -54,6 +54,7 @@ def recall(
     if not reason.strip():
         msg = "a recall needs a reason (it is written to the evidence log)"
         raise LakeError(msg)
+    to_us(start), to_us(end)  # in the lake's range, or a clear error
     if end <= start:
         msg = f"empty recall range: {start.isoformat()} is not before {end.isoformat()}"
         raise LakeError(msg)
@@ -81,10 +82,11 @@ def recall(
             }
             entries = [EvidenceEntry(EventType.DROP, old, actor, _now_us(), (), {**common, "recall": True})]
             if removed == table.num_rows:
-                lake.delete(key)
+                lake.purge(key)
                 result.deleted.append(key)
             else:
                 kept = table.filter(pc.invert(inside))
+                lake.purge(key)  # older versions hold the recalled rows too
                 landed = lake.write_parquet(key, kept)
                 entries.append(
                     EvidenceEntry(
@@ -122,7 +124,7 @@ def expire(
             if day is None or dt.date.fromisoformat(day) >= cutoff:
                 continue
             digest = hashlib.sha256(lake.read_bytes(key)).hexdigest()
-            lake.delete(key)
+            lake.purge(key)
             evidence.append(
                 [
                     EvidenceEntry(
