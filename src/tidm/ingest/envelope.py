@@ -75,6 +75,9 @@ class Provenance:
     policy_hash: str = ""
     key_ids: tuple[str, ...] = ()
     schema_version: str = SCHEMA_VERSION
+    # Optional, so provenance written before they existed still decodes.
+    policy_version: str = ""
+    classification: str = ""  # highest GB/T 43697-2024 level of the batch's signals ("" = unclassified)
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
