@@ -64,3 +64,41 @@ def append_worker(path: str, worker: int, batches: int, batch_size: int, start_t
             time.sleep(0.005)  # some work between batches, so the writers take turns
     finally:
         log.close()
+
+
+def landed_lineage(
+    key: str = "clean/site=plant-1/asset=a1/date=2026-01-01/t-0-0-9.parquet",
+    file_digest: str | None = None,
+    *,
+    batches: int = 2,
+    tag: str = "",
+) -> tuple[str, list[EvidenceEntry]]:
+    """The entries the pipeline writes for one landed object: per batch agent CREATE + SEND and job
+    RECEIVE (verified), then the clean step and the landing SEND. Returns (object digest, entries)."""
+    now = 1_700_000_000_000_000
+    batch_digests = [digest(f"batch-{tag}{key}-{n}") for n in range(batches)]
+    entries: list[EvidenceEntry] = []
+    for n, batch in enumerate(batch_digests):
+        entries += [
+            EvidenceEntry(EventType.CREATE, batch, "agent:a1", now + n, (), {"batch_id": f"b{n}"}),
+            EvidenceEntry(EventType.SEND, batch, "agent:a1", now + n, (batch,), {"topic": "t", "offset": n}),
+            EvidenceEntry(
+                EventType.RECEIVE,
+                batch,
+                "job:clean",
+                now + n,
+                (batch,),
+                {"verified": "sha256+ed25519", "topic": "t", "offset": n},
+            ),
+        ]
+    clean = digest(f"clean-{tag}{key}")
+    landed = file_digest or digest(f"file-{tag}{key}")
+    entries += [
+        EvidenceEntry(
+            EventType.CONTENT_MODIFIED, clean, "job:clean", now + 10, tuple(batch_digests), {"rows": 5}
+        ),
+        EvidenceEntry(
+            EventType.SEND, landed, "job:clean", now + 11, (clean,), {"object": key, "lake": "test"}
+        ),
+    ]
+    return landed, entries

@@ -60,20 +60,16 @@ class AgentProcessSettings(BaseModel):
     health: HealthSettings = HealthSettings()
 
 
-class JobSection(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = "clean"
-    topics: list[str] = Field(default_factory=lambda: ["tidm.samples"])
-    group_id: str = "tidm-clean"
-    table: str = "clean"
-    max_records: int = Field(default=500, ge=1)
-
-
 class JobProcessSettings(BaseModel):
+    """Where a stream job runs (`tidm job run --spec JOB.yaml [--config PROCESS.yaml]`).
+
+    What the job does is its spec (tidm.stream_processing.spec). A single file may hold both: the
+    spec under `job:` next to these sections; `job` is then validated as a spec, not here.
+    """
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    job: JobSection = JobSection()
+    job: dict[str, Any] | None = None
     transport: TransportSettings = TransportSettings()
     evidence: EvidenceSettings = EvidenceSettings()
     lake: LakeSettings = LakeSettings()

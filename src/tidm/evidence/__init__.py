@@ -2,10 +2,20 @@
 
 Entries are RFC 8785 canonical JSON, leaves of an RFC 9162 Merkle tree; the log publishes C2SP
 checkpoints signed with Ed25519, so anyone holding a verifier key can check inclusion and consistency
-proofs, or re-verify the whole log, with no TIDM code trusted.
+proofs, or re-verify the whole log, with no TIDM code trusted. Stores: SQLite (embedded) and the C2SP
+tlog-tiles layout on S3 or a folder (cluster). Proof bundles, object audits, audit reports (`report`)
+and W3C PROV export (`prov`) build on them.
 """
 
 from tidm.evidence.api import AuditableLog, EventType, EvidenceEntry, EvidenceLog, LoggedEntry
+from tidm.evidence.audit import (
+    LandingIndex,
+    ObjectFinding,
+    check_consistency_with_state,
+    check_objects,
+    save_state,
+)
+from tidm.evidence.bundle import BUNDLE_FORMAT, BundleReport, build_bundle, check_bundle
 from tidm.evidence.checkpoint import (
     Checkpoint,
     Note,
@@ -56,10 +66,26 @@ from tidm.evidence.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from tidm.evidence.objectstore import FolderObjectStore, ObjectStore, S3ObjectStore, S3StoreSettings
 from tidm.evidence.sqlite import SqliteEvidenceLog
+from tidm.evidence.tiles import TileEvidenceLog
 from tidm.evidence.verify import VerifyReport, verify_entry, verify_log
 
 __all__ = [
+    "BUNDLE_FORMAT",
+    "BundleReport",
+    "FolderObjectStore",
+    "LandingIndex",
+    "ObjectFinding",
+    "ObjectStore",
+    "S3ObjectStore",
+    "S3StoreSettings",
+    "TileEvidenceLog",
+    "build_bundle",
+    "check_bundle",
+    "check_consistency_with_state",
+    "check_objects",
+    "save_state",
     "Trace",
     "trace",
     "EMPTY_ROOT",

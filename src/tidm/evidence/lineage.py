@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from tidm.evidence.api import EventType, EvidenceLog, LoggedEntry
+from tidm.evidence.api import EventType, LoggedEntry
 
-__all__ = ["Trace", "trace"]
+__all__ = ["Finder", "Trace", "trace"]
+
+
+class Finder(Protocol):
+    """What a lineage walk needs of a log: entries by subject (every `EvidenceLog` has it)."""
+
+    def find(self, subject: str) -> list[LoggedEntry]: ...
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,7 @@ def _is_source(entries: list[LoggedEntry]) -> bool:
     return created and verified
 
 
-def trace(log: EvidenceLog, subject: str, *, max_subjects: int = 100_000) -> Trace:
+def trace(log: Finder, subject: str, *, max_subjects: int = 100_000) -> Trace:
     """Walk `inputs` back from `subject`; every path must end at an agent-created, verified batch."""
     result = Trace(subject)
     queue = deque([subject])

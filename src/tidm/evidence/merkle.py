@@ -123,6 +123,10 @@ class Frontier:
         self._size += 1
         return created
 
+    def hashes(self) -> tuple[bytes, ...]:
+        """The border hashes (what `Frontier(size, hashes)` takes to resume)."""
+        return tuple(self._stack)
+
     def root(self) -> bytes:
         """The MTH of the leaves appended so far."""
         if not self._stack:
