@@ -18,13 +18,11 @@ from types import ModuleType
 import paho.mqtt.client as mqtt
 import pytest
 
-from tidm.edge_agent.config import OpcUaSourceSettings
-from tidm.edge_agent.sources.base import RawSample, Source
-from tidm.edge_agent.sources.decoders import JsonDecoderSettings, JsonSignal, PlainDecoderSettings
-from tidm.edge_agent.sources.mqtt import MqttSource, MqttSourceSettings, MqttSubscription
-from tidm.edge_agent.sources.opcua import OpcUaSource, PlannedNode
+from tidm.edge_agent.config import PlanSourceSettings
+from tidm.edge_agent.plan_sources import sources_from_plan
+from tidm.edge_agent.sources.base import RawSample
 from tidm.semantics.aas import save_environment
-from tidm.semantics.plan import AcquisitionPlan, PlanProtocol, load_plan
+from tidm.semantics.plan import PlanProtocol, load_plan
 from tidm.simulator import AssetConfig, SignalConfig, Simulator, SimulatorConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -94,54 +92,6 @@ def write_aas(path: Path, sim: Simulator, broker: str, topic: str) -> None:
     save_environment([shell, aid], path)
 
 
-def opcua_sources(plan: AcquisitionPlan) -> list[Source]:
-    """What the agent side does with a plan's OPC UA rows: one source per endpoint."""
-    sources: list[Source] = []
-    for endpoint in plan.endpoints(PlanProtocol.OPCUA):
-        rows = plan.rows_for(PlanProtocol.OPCUA, endpoint)
-        security = "none" if all(r.security == ("nosec_sc",) for r in rows) else "basic256sha256"
-        nodes = [
-            PlannedNode(n.asset_id, n.signal, n.node_id, n.sampling_interval_ms, n.deadband)
-            for n in plan.opcua_nodes(endpoint)
-        ]
-        sources.append(OpcUaSource(OpcUaSourceSettings(endpoint=endpoint, security=security), nodes))
-    return sources
-
-
-def mqtt_sources(plan: AcquisitionPlan, client_id: str, quarantine: Path) -> list[Source]:
-    """One MQTT source per broker; JSON rows on one topic share a subscription."""
-    sources: list[Source] = []
-    for endpoint in plan.endpoints(PlanProtocol.MQTT):
-        host, port = endpoint.split("://", 1)[1].rsplit(":", 1)
-        subs: list[MqttSubscription] = []
-        by_topic: dict[str, list[JsonSignal]] = {}
-        for s in plan.mqtt_signals(endpoint):
-            if s.payload == "json":
-                assert s.json_path is not None
-                by_topic.setdefault(s.topic, []).append(JsonSignal(signal=s.signal, path=s.json_path))
-            elif s.payload == "text":
-                decoder = PlainDecoderSettings(asset_id=s.asset_id, signal=s.signal)
-                subs.append(MqttSubscription(topic=s.topic, qos=1 if s.qos else 0, decoder=decoder))
-        for topic, signals in by_topic.items():
-            first = next(s for s in plan.mqtt_signals(endpoint) if s.topic == topic)
-            decoder = JsonDecoderSettings(
-                asset_id=first.asset_id, signals=signals, timestamp_path=first.ts_path
-            )
-            subs.append(MqttSubscription(topic=topic, qos=1, decoder=decoder))
-        settings = MqttSourceSettings(
-            host=host,
-            port=int(port),
-            client_id=client_id,
-            clean_start=True,
-            quarantine_dir=quarantine,
-            subscriptions=subs,
-            reconnect_min_s=0.1,
-            reconnect_max_s=1.0,
-        )
-        sources.append(MqttSource(settings))
-    return sources
-
-
 class Collector:
     def __init__(self) -> None:
         self.samples: list[RawSample] = []
@@ -185,7 +135,12 @@ async def test_aid_with_opcua_and_mqtt_drives_collection_from_both(
         # The plan's node ids are the simulator's own ExpandedNodeIds.
         assert {(n.asset_id, n.signal): n.node_id for n in plan.opcua_nodes()} == sim.node_ids()
 
-        sources = opcua_sources(plan) + mqtt_sources(plan, unique_name("agent"), tmp_path / "quarantine")
+        # The product path: what `tidm agent run` builds from `agent.plans`.
+        sources = sources_from_plan(
+            plan,
+            PlanSourceSettings(aas=aas, mqtt_quarantine_dir=tmp_path / "quarantine"),
+            client_id=unique_name("agent"),
+        )
         assert len(sources) == 2
         collected = Collector()
         stop = asyncio.Event()
