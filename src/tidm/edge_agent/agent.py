@@ -1,8 +1,22 @@
-"""The agent process: sources -> batcher -> seal (provenance + signature) -> transport, with evidence.
+"""The agent process: sources -> batcher -> seal (provenance, signature) -> spool -> transport.
 
 Batches are sealed one after another so each names the hash of the agent's previous batch (the
-provenance chain); they are published in that order and each is evidenced when collected and
-again when the transport acknowledged it.
+provenance chain). Each sealed batch is put in the spool (on disk when one is configured) before it
+is sent, and leaves the spool only once the transport acknowledged it; the publisher sends in spool
+order and retries transient transport errors with back-off, so a broker outage only grows the spool.
+
+What a restart continues from comes from the spool's chain head: the previous batch hash, the next
+`seq` per source and the last source timestamp per (asset, signal). So:
+
+* `seq` is assigned when a batch is sealed into the spool, per source, in seal order. The seqs of a
+  source are therefore contiguous across restarts: a sample that was still in memory when the
+  process died never got a durable seq, and a hole in the seqs downstream always means lost data.
+* an OPC UA re-subscription delivers every item's current value again; a sample whose source
+  timestamp equals the last one seen for its (asset, signal) is that same sample, so it is counted
+  in `samples_repeated` and not batched twice.
+
+Without a spool folder the same code runs on an in-memory spool (bounded by `batch.max_pending`
+batches, `pause` policy): nothing survives a crash then, which `tidm agent run` warns about.
 """
 
 from __future__ import annotations
@@ -11,28 +25,61 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
 
 from tidm.edge_agent.batcher import AssetBatch, Batcher
 from tidm.edge_agent.config import AgentSettings
+from tidm.edge_agent.desensitize import Desensitizer
 from tidm.edge_agent.sources.base import RawSample, Source
+from tidm.edge_agent.spool import ChainHead, MemorySpool, Spool, SpooledBatch
+from tidm.errors import Transient
 from tidm.evidence.api import EventType, EvidenceEntry, EvidenceLog
 from tidm.ingest.envelope import Provenance, SealedBatch, new_batch_id, seal
 from tidm.ingest.identity import AgentIdentity
 from tidm.ingest.transports.base import Producer
+from tidm.semantics import samples_table
 
-__all__ = ["Agent", "AgentStats"]
+__all__ = ["Agent", "AgentStats", "PausableSource"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_DEFAULT_DRAIN_S = 30.0
+_RETRY_INITIAL_S = 0.2
+_RETRY_MAX_S = 5.0
 
 
 @dataclass
 class AgentStats:
     samples_in: int = 0
+    samples_repeated: int = 0  # re-deliveries of an already batched sample (same asset, signal, ts)
     batches_sealed: int = 0
     batches_published: int = 0
     rows_published: int = 0
+    send_retries: int = 0
+    batches_left_unsent: int = 0  # still in the spool when the agent stopped (sent on the next start)
+
+
+@runtime_checkable
+class PausableSource(Protocol):
+    """A source that can hold acquisition while the spool is full (`pause` policy).
+
+    An OPC UA source does it by turning publishing off on its subscription: the server then keeps
+    notifications in each monitored item's queue (`queue_size` per item; beyond that the server
+    discards the oldest and sets the overflow bit, so a pause must stay shorter than
+    queue_size x sampling interval to lose nothing). Sources without it keep delivering, and the
+    agent holds their samples in memory until the spool has room again.
+    """
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
 
 
 def _now_us() -> int:
@@ -40,7 +87,7 @@ def _now_us() -> int:
 
 
 class Agent:
-    """Runs sources, batches their samples per asset and publishes sealed batches in order."""
+    """Runs sources, batches their samples per asset, spools sealed batches and publishes them in order."""
 
     def __init__(
         self,
@@ -50,37 +97,88 @@ class Agent:
         producer: Producer,
         evidence: EvidenceLog,
         sources: Sequence[Source],
+        desensitizer: Desensitizer | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.settings = settings
+        # Built from settings.policy unless given; None = no policy, batches leave as collected.
+        self._desensitizer = desensitizer or Desensitizer.from_settings(settings)
         self._identity = identity
         self._producer = producer
         self._evidence = evidence
         self._sources = list(sources)
+        self.actor = f"agent:{settings.agent_id}"
         self._batcher = Batcher(max_rows=settings.batch.max_rows, max_age_ms=settings.batch.max_age_ms)
-        self._queue: asyncio.Queue[SealedBatch | None] = asyncio.Queue(maxsize=settings.batch.max_pending)
+        self._spool: Spool = spool or MemorySpool(
+            max_batches=settings.batch.max_pending, evidence=evidence, actor=self.actor
+        )
+        spool_settings = getattr(settings, "spool", None)
+        self._drain_s = float(getattr(spool_settings, "drain_timeout_s", _DEFAULT_DRAIN_S))
+        self._head: ChainHead = self._spool.head
+        # The last source timestamp per (asset, signal) seen by _emit: a sample equal to it is a repeat.
+        self._seen: dict[str, dict[str, int]] = {a: dict(s) for a, s in self._head.last_ts.items()}
+        # Which source each row of an open batch came from, in the batcher's row order (seq per source).
+        self._row_sources: dict[str, list[str]] = {}
         self._full = asyncio.Event()
-        self._prev_hash = ""
+        self._closing = asyncio.Event()
+        self._paused = False
         self._publisher: asyncio.Task[None] | None = None
         self.stats = AgentStats()
-        self.actor = f"agent:{settings.agent_id}"
+
+    @property
+    def spool(self) -> Spool:
+        return self._spool
+
+    @property
+    def queue_depth(self) -> int:
+        """Sealed batches waiting for the publisher (a metrics/health hook)."""
+        return self._spool.pending()
+
+    @property
+    def publisher_alive(self) -> bool:
+        """True while the publisher task runs (a readiness hook)."""
+        return self._publisher is not None and not self._publisher.done()
+
+    @property
+    def paused(self) -> bool:
+        """True while acquisition is held because the spool is full (`pause` policy)."""
+        return self._paused
 
     def _emit(self, source: str, samples: Sequence[RawSample]) -> None:
-        if self._batcher.add(source, samples):
-            self._full.set()
         self.stats.samples_in += len(samples)
+        fresh: list[RawSample] = []
+        for s in samples:
+            seen = self._seen.setdefault(s.asset_id, {})
+            if seen.get(s.signal) == s.ts_us:
+                self.stats.samples_repeated += 1
+                continue
+            seen[s.signal] = s.ts_us
+            fresh.append(s)
+            self._row_sources.setdefault(s.asset_id, []).append(source)
+        if fresh and self._batcher.add(source, fresh):
+            self._full.set()
 
     async def run(self, stop: asyncio.Event) -> AgentStats:
-        """Collect and publish until `stop` is set; then flush every open batch and return."""
+        """Collect and publish until `stop` is set; then seal every open batch into the spool, send
+        what the transport takes within the drain timeout, and return (the rest stays spooled)."""
+        self._record_recovered()
+        # The first Arrow conversion imports pandas inside pyarrow (seconds on a busy gateway): do it
+        # now, off the loop, not on the first batch while notifications wait behind it.
+        await asyncio.to_thread(self._warm_up)
         source_stop = asyncio.Event()
         sources = [
             asyncio.create_task(s.run(self._emit, source_stop), name=f"source:{s.name}")
             for s in self._sources
         ]
         publisher = self._publisher = asyncio.create_task(self._publish_loop(), name="publisher")
+        stopper = asyncio.create_task(self._unbound_on(stop), name="spool-unbound")
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), timeout=self.settings.batch.max_age_ms / 4000)
+                    # Capped so a stop request is seen promptly even with long batch ages.
+                    await asyncio.wait_for(
+                        self._full.wait(), timeout=min(self.settings.batch.max_age_ms / 4000, 0.5)
+                    )
                 self._full.clear()
                 await self._seal_due(force=False)
                 for task in [*sources, publisher]:
@@ -89,91 +187,254 @@ class Agent:
         finally:
             source_stop.set()
             await asyncio.gather(*sources, return_exceptions=True)
-            if not publisher.done():
-                await self._seal_due(force=True)
-                await self._put(None)
-            await publisher
+            self._spool_unbound()
+            try:
+                if not publisher.done():
+                    await self._seal_due(force=True)
+            finally:
+                self._closing.set()
+                await self._finish_publisher(publisher)
+                stopper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stopper
         return self.stats
 
-    async def _seal_due(self, *, force: bool) -> None:
-        for asset_id in self._batcher.due(force=force):
-            batch = self._batcher.take(asset_id)
-            if batch is not None:
-                await self._put(await self._seal(batch))
-
-    async def _put(self, item: SealedBatch | None) -> None:
-        """Queue for the publisher; if the publisher has failed, raise its error instead of waiting."""
-        assert self._publisher is not None, "the publisher runs while the agent runs"  # noqa: S101
-        put = asyncio.ensure_future(self._queue.put(item))
-        await asyncio.wait([put, self._publisher], return_when=asyncio.FIRST_COMPLETED)
-        if not put.done():
-            put.cancel()
-            self._publisher.result()
-            msg = "publisher stopped without an error while the queue was full"
-            raise RuntimeError(msg)
-
-    async def _seal(self, batch: AssetBatch) -> SealedBatch:
+    def _warm_up(self) -> None:
+        table = samples_table(
+            ts_us=[0],
+            recv_ts_us=[0],
+            asset_id=["warm-up"],
+            signal=["warm-up"],
+            value=[0.0],
+            value_text=[None],
+            quality=[0],
+            status_code=[0],
+            seq=[0],
+        )
         provenance = Provenance(
             agent_id=self.settings.agent_id,
             site=self.settings.site,
-            asset_id=batch.asset_id,
+            asset_id="warm-up",
             batch_id=new_batch_id(),
-            sources=batch.sources,
-            seq_first=batch.seq_first,
-            seq_last=batch.seq_last,
-            rows=batch.table.num_rows,
+            sources=(),
+            seq_first=0,
+            seq_last=0,
+            rows=1,
             created_us=_now_us(),
-            prev_batch_hash=self._prev_hash,
         )
-        sealed = await asyncio.to_thread(seal, batch.table, provenance, self._identity)
-        self._prev_hash = sealed.sha256
-        self.stats.batches_sealed += 1
+        seal(table, provenance, self._identity)
+
+    async def _unbound_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._spool_unbound()
+
+    def _spool_unbound(self) -> None:
+        self._spool.stop_waiting()
+
+    async def _finish_publisher(self, publisher: asyncio.Task[None]) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(publisher), timeout=self._drain_s)
+        except TimeoutError:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
+        await self._spool.flush()  # whatever was accepted is on disk before the agent returns
+        self.stats.batches_left_unsent = self._spool.pending()
+        if self.stats.batches_left_unsent:
+            log.warning(
+                "%d batch(es) not sent within %.1f s of stopping; they stay in the spool",
+                self.stats.batches_left_unsent,
+                self._drain_s,
+            )
+
+    def _record_recovered(self) -> None:
+        """CREATE entries for spooled batches whose entry a crash may have kept from being written."""
+        for provenance, sha256 in self._spool.recovered():
+            self._evidence.append_once(self._create_entry(provenance, sha256, {}))
+
+    # -- sealing --------------------------------------------------------------------------------------
+
+    async def _seal_due(self, *, force: bool) -> None:
+        if self._paused and not self._spool.full:
+            self._pause_sources(False)  # checked every round: a paused source brings no batches
+        batches = []
+        for asset_id in self._batcher.due(force=force):
+            batch = self._batcher.take(asset_id)
+            rows = self._row_sources.pop(asset_id, [])
+            if batch is not None:
+                batches.extend(self._split(batch, rows))
+        if not batches:
+            return
+        sealed = await self._guard(asyncio.to_thread(self._seal_all, batches))
+        if self._spool.full and not self._paused:
+            self._pause_sources(True)
+        try:
+            spooled = await self._guard(self._spool.put([(s, h) for s, h, _ in sealed], force=force))
+        finally:
+            if self._paused and not self._spool.full:
+                self._pause_sources(False)
+        entries = []
+        for (s, _, attributes), item in zip(sealed, spooled, strict=True):
+            entries.append(self._create_entry(s.provenance, item.sha256, attributes))
+        self._evidence.append(entries)
+        self.stats.batches_sealed += len(spooled)
+
+    def _split(self, batch: AssetBatch, rows: list[str]) -> list[tuple[AssetBatch, list[str]]]:
+        """Cut a batch grown past max_rows (after a pause) into max_rows pieces."""
+        n, size = batch.table.num_rows, self.settings.batch.max_rows
+        if len(rows) != n:  # cannot happen: _emit records a source for every row it batches
+            msg = f"{batch.asset_id}: {n} rows but {len(rows)} recorded sources"
+            raise RuntimeError(msg)
+        if n <= size:
+            return [(batch, rows)]
+        out = []
+        for start in range(0, n, size):
+            part = rows[start : start + size]
+            table = batch.table.slice(start, size)
+            out.append((AssetBatch(batch.asset_id, table, tuple(sorted(set(part))), 0, 0), part))
+        return out
+
+    def _seal_all(
+        self, batches: Sequence[tuple[AssetBatch, list[str]]]
+    ) -> list[tuple[SealedBatch, ChainHead, dict[str, Any]]]:
+        """Number, desensitize and seal in chain order (in a thread: CPU work)."""
+        out = []
+        for batch, rows in batches:
+            table, first, last = self._number(batch.table, rows)
+            policy_fields: dict[str, Any] = {}
+            attributes: dict[str, Any] = {}
+            if self._desensitizer is not None:
+                result = self._desensitizer.apply(table)
+                table = result.table
+                policy_fields, attributes = result.provenance_fields(), result.evidence_attributes()
+            provenance = Provenance(
+                agent_id=self.settings.agent_id,
+                site=self.settings.site,
+                asset_id=batch.asset_id,
+                batch_id=new_batch_id(),
+                sources=batch.sources,
+                seq_first=first,
+                seq_last=last,
+                rows=table.num_rows,
+                created_us=_now_us(),
+                prev_batch_hash=self._head.prev_batch_hash,
+                **policy_fields,
+            )
+            sealed = seal(table, provenance, self._identity)
+            self._head.prev_batch_hash = sealed.sha256
+            self._note_timestamps(batch)
+            out.append((sealed, self._head.copy(), attributes))
+        return out
+
+    def _number(self, table: pa.Table, rows: list[str]) -> tuple[pa.Table, int, int]:
+        """Give the rows their durable seq: per source, continuing from the chain head."""
+        n = table.num_rows
+        head = self._head.next_seq
+        if len(set(rows)) == 1:
+            start = head.get(rows[0], 0)
+            seq = np.arange(start, start + n, dtype=np.uint64)
+            head[rows[0]] = start + n
+        else:
+            seq = np.empty(n, dtype=np.uint64)
+            for i, source in enumerate(rows):
+                seq[i] = head.get(source, 0)
+                head[source] = int(seq[i]) + 1
+        idx = table.schema.get_field_index("seq")
+        table = table.set_column(
+            idx, table.schema.field(idx), pa.array(seq, type=table.schema.field(idx).type)
+        )
+        return table, int(seq.min()), int(seq.max())
+
+    def _note_timestamps(self, batch: AssetBatch) -> None:
+        last = self._head.last_ts.setdefault(batch.asset_id, {})
+        signals = batch.table.column("signal").to_pylist()
+        ts = batch.table.column("ts").cast(pa.int64()).to_pylist()
+        for signal, t in zip(signals, ts, strict=True):
+            if t is not None and t > last.get(signal, -1):
+                last[signal] = t
+
+    def _create_entry(self, p: Provenance, sha256: str, attributes: dict[str, Any]) -> EvidenceEntry:
+        return EvidenceEntry(
+            event=EventType.CREATE,
+            subject=sha256,
+            actor=self.actor,
+            time_us=p.created_us,
+            attributes={
+                "batch_id": p.batch_id,
+                "asset": p.asset_id,
+                "site": p.site,
+                "rows": p.rows,
+                "seq_first": p.seq_first,
+                "seq_last": p.seq_last,
+                "sources": list(p.sources),
+                "prev_batch_hash": p.prev_batch_hash,
+                **attributes,
+            },
+        )
+
+    def _pause_sources(self, pause: bool) -> None:
+        self._paused = pause
+        log.warning("spool full: acquisition %s", "paused" if pause else "resumed")
+        for source in self._sources:
+            if isinstance(source, PausableSource):
+                if pause:
+                    source.pause()
+                else:
+                    source.resume()
+
+    async def _guard(self, work: Awaitable[T]) -> T:
+        """Await `work`; if the publisher fails meanwhile, raise its error instead of waiting on."""
+        assert self._publisher is not None, "the publisher runs while the agent runs"  # noqa: S101
+        task = asyncio.ensure_future(work)
+        await asyncio.wait([task, self._publisher], return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            self._publisher.result()  # raises the publisher's error
+            self._spool_unbound()  # the publisher returned: nothing will free space any more
+            return await task
+        return task.result()
+
+    # -- publishing -----------------------------------------------------------------------------------
+
+    async def _publish_loop(self) -> None:
+        delay = _RETRY_INITIAL_S
+        while True:
+            item = await self._spool.next(closing=self._closing)
+            if item is None:
+                return
+            try:
+                delivery = await self._producer.send(
+                    self.settings.topic, item.value, key=item.key, headers=item.headers
+                )
+            except Exception as exc:
+                if not isinstance(exc, Transient):
+                    raise
+                # The batch stays first in the spool; the same bytes go again after the back-off.
+                self.stats.send_retries += 1
+                log.warning("send of batch %s failed (%s); retrying in %.1f s", item.sha256[:12], exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+                continue
+            delay = _RETRY_INITIAL_S
+            await self._spool.ack(item)
+            self._sent(item, delivery.topic, delivery.partition, delivery.offset)
+
+    def _sent(self, item: SpooledBatch, topic: str, partition: int, offset: int) -> None:
+        self.stats.batches_published += 1
+        self.stats.rows_published += item.provenance.rows
         self._evidence.append(
             [
                 EvidenceEntry(
-                    event=EventType.CREATE,
-                    subject=sealed.sha256,
+                    event=EventType.SEND,
+                    subject=item.sha256,
                     actor=self.actor,
-                    time_us=provenance.created_us,
+                    time_us=_now_us(),
+                    inputs=(item.sha256,),
                     attributes={
-                        "batch_id": provenance.batch_id,
-                        "asset": provenance.asset_id,
-                        "site": provenance.site,
-                        "rows": provenance.rows,
-                        "seq_first": provenance.seq_first,
-                        "seq_last": provenance.seq_last,
-                        "sources": list(provenance.sources),
-                        "prev_batch_hash": provenance.prev_batch_hash,
+                        "batch_id": item.provenance.batch_id,
+                        "topic": topic,
+                        "partition": partition,
+                        "offset": offset,
                     },
                 )
             ]
         )
-        return sealed
-
-    async def _publish_loop(self) -> None:
-        while True:
-            sealed = await self._queue.get()
-            if sealed is None:
-                return
-            delivery = await self._producer.send(
-                self.settings.topic, sealed.value, key=sealed.key, headers=sealed.headers()
-            )
-            self.stats.batches_published += 1
-            self.stats.rows_published += sealed.provenance.rows
-            self._evidence.append(
-                [
-                    EvidenceEntry(
-                        event=EventType.SEND,
-                        subject=sealed.sha256,
-                        actor=self.actor,
-                        time_us=_now_us(),
-                        inputs=(sealed.sha256,),
-                        attributes={
-                            "batch_id": sealed.provenance.batch_id,
-                            "topic": delivery.topic,
-                            "partition": delivery.partition,
-                            "offset": delivery.offset,
-                        },
-                    )
-                ]
-            )
