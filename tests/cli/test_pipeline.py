@@ -32,7 +32,7 @@ def _agent(topic: str) -> AgentSettings:
         site="plant-1",
         topic=topic,
         batch=BatchSettings(max_rows=300, max_age_ms=300),
-        opcua=[OpcUaSourceSettings(endpoint="opc.tcp://set-by-pipeline")],
+        opcua=[OpcUaSourceSettings(endpoint="opc.tcp://set-by-pipeline", security="none")],
     )
 
 

@@ -79,7 +79,11 @@ async def run_demo(
                 site="demo-plant",
                 topic=TOPIC,
                 batch=BatchSettings(max_rows=5_000, max_age_ms=500),
-                opcua=[OpcUaSourceSettings(endpoint="opc.tcp://placeholder", publishing_interval_ms=100)],
+                opcua=[
+                    OpcUaSourceSettings(
+                        endpoint="opc.tcp://placeholder", publishing_interval_ms=100, security="none"
+                    )
+                ],
             ),
             identity=identity,
             transport=transport,

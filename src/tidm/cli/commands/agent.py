@@ -34,10 +34,17 @@ def agent_keygen(agent_id: str, out: Path, trust_file: Path | None) -> None:
 @agent.command("run")
 @click.option("--config", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None)
 def agent_run(config: Path | None) -> None:
-    """Collect from the configured sources and publish signed batches until SIGINT/SIGTERM."""
+    """Collect from the configured sources and publish signed batches until SIGINT/SIGTERM.
+
+    Settings errors name the file, line and field. While running, `health.port` (default 9464 on
+    127.0.0.1) serves /healthz, /readyz and /metrics. SIGTERM flushes every open batch first.
+    """
     from tidm.cli.processes import run_agent
     from tidm.cli.settings import AgentProcessSettings, load_settings
 
     settings = load_settings(AgentProcessSettings, config)
     stats = asyncio.run(run_agent(settings))
-    click.echo(f"agent stopped: {stats.samples_in} samples in, {stats.batches_published} batches published")
+    click.echo(
+        f"agent stopped: {stats.samples_in} samples in, {stats.batches_published} batches published, "
+        f"{stats.rows_published} rows published"
+    )

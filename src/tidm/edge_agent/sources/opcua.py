@@ -1,27 +1,50 @@
-"""OPC UA source (asyncua client): browse or plan, subscribe with data-change notifications.
+"""OPC UA source (asyncua client) that keeps collecting through what real plants do to it.
 
-Every notification carries the server's source timestamp and status code; the trigger is
-StatusValueTimestamp so a stuck sensor that repeats its value with a new timestamp is still seen.
+- Subscriptions with per-node sampling interval and data-change deadband; the trigger is
+  StatusValueTimestamp (without a deadband) so a stuck sensor repeating its value is still seen.
+- Polling for servers (`mode: poll`) or single nodes that refuse a monitored item
+  (BadMonitoredItem...-class status): those are read on an interval and emitted when they change.
+- Every Read and CreateMonitoredItems call is chunked to the smaller of the configured cap and the
+  server's advertised OperationLimits (many servers advertise limits and do not enforce them, or
+  enforce them by failing the whole call; we honour them ourselves).
+- Reconnect with capped exponential backoff and jitter. Each connection uses a fresh client; nodes
+  are resolved from their ExpandedNodeId (`nsu=<uri>;...`) against the namespace array read on that
+  connection, because a restarted server may order its namespaces differently. asyncua's own
+  auto-reconnect is not used: it restores monitored items by their old numeric NodeIds.
+- Security None only when configured explicitly; otherwise Basic256Sha256 SignAndEncrypt with the
+  agent's certificate, and the server certificate must be in the trust folder (or issued by a CA
+  there). An untrusted server is refused with `UntrustedServerError`, never downgraded.
+
+Notifications are taken straight from the session's publish callback, one list of samples per
+PublishResponse: asyncua's handler mode creates an asyncio task per notification and its iterator
+mode drops events when its queue is full.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import hashlib
 import logging
+import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 from tidm.edge_agent.config import OpcUaSourceSettings
 from tidm.edge_agent.errors import SourceError, SourceUnavailable
+from tidm.edge_agent.metrics import NullSourceMetrics, SourceMetrics
 from tidm.edge_agent.sources.base import Emit, RawSample
 from tidm.errors import MissingExtraError
 
-__all__ = ["OpcUaSource", "PlannedNode"]
+__all__ = ["OpcUaSource", "OpcUaSourceStats", "PlannedNode", "UntrustedServerError"]
 
 log = logging.getLogger(__name__)
+
+DeadbandType = Literal["absolute", "percent"]
 
 
 def _asyncua() -> tuple[Any, Any]:
@@ -35,151 +58,816 @@ def _asyncua() -> tuple[Any, Any]:
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_HANDLE_BASE = 1_000_000
+_EPOCH_NAIVE = dt.datetime(1970, 1, 1)  # noqa: DTZ001 - asyncua decodes UTC as naive datetimes
+_US = dt.timedelta(microseconds=1)
+# OperationLimits under Server/ServerCapabilities (namespace 0 numeric ids, Part 5).
+_MAX_NODES_PER_READ = 11705
+_MAX_MONITORED_ITEMS_PER_CALL = 11714
+_NAMESPACE_ARRAY = 2255
+# Monitored-item statuses that mean "this server will not monitor this node like that": poll it.
+_POLL_FALLBACK = frozenset(
+    {
+        0x80420000,  # BadMonitoredItemIdInvalid
+        0x80430000,  # BadMonitoredItemFilterInvalid
+        0x80440000,  # BadMonitoredItemFilterUnsupported
+        0x80450000,  # BadFilterNotAllowed
+        0x808E0000,  # BadDeadbandFilterInvalid
+    }
+)
+# Whole-service statuses that mean "no subscriptions here": poll everything.
+_NO_SUBSCRIPTIONS = frozenset(
+    {
+        0x800B0000,  # BadServiceUnsupported
+        0x80770000,  # BadTooManySubscriptions
+        0x80790000,  # BadNoSubscription
+    }
+)
+_BAD_TOO_MANY_OPERATIONS = 0x80100000
+_BAD_TIMEOUT = 0x800A0000
 
 
 def _us(value: dt.datetime | None, fallback: int) -> int:
     if value is None:
         return fallback
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        return (value - _EPOCH_NAIVE) // _US
+    return (value - _EPOCH) // _US
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlannedNode:
-    """One signal to collect: which asset and signal it is and where it lives on the server."""
+    """One signal to collect: the agent-side row an acquisition plan converts into.
+
+    `node_id` is an ExpandedNodeId "nsu=<uri>;s=<id>" (preferred: it survives namespace
+    reordering) or a NodeId "ns=2;s=<id>". Unset optional fields take the source's defaults.
+    """
 
     asset_id: str
     signal: str
-    node_id: str  # an ExpandedNodeId string "nsu=<uri>;s=<id>" or a NodeId string "ns=2;s=<id>"
+    node_id: str
+    sampling_interval_ms: float | None = None
+    deadband: float | None = None
+    deadband_type: DeadbandType | None = None
+    # AID's `observable`: False means the node does not support subscriptions; it is polled.
+    observable: bool | None = None
 
-
-class _Handler:
-    def __init__(self, source: OpcUaSource, emit: Emit) -> None:
-        self._source = source
-        self._emit = emit
-
-    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
-        recv = time.time_ns() // 1000
-        target = self._source.handles.get(data.subscription_data.client_handle)
-        if target is None:
-            return
-        dv = data.monitored_item.Value
-        status = int(dv.StatusCode.value) if dv.StatusCode is not None else 0
-        raw = dv.Value.Value if dv.Value is not None else None
-        value: float | None
-        text: str | None = None
-        if raw is None or isinstance(raw, bool | int | float):
-            value = float(raw) if raw is not None else None
-        else:
-            value, text = None, str(raw)
-        self._emit(
-            self._source.name,
-            [
-                RawSample(
-                    target.asset_id, target.signal, _us(dv.SourceTimestamp, recv), recv, value, text, status
-                )
-            ],
+    @classmethod
+    def from_row(cls, row: Any) -> PlannedNode:
+        """From a plan row with the same field names (`semantics.plan.OpcUaNode`, a dict, ...)."""
+        get = row.get if isinstance(row, dict) else lambda k, d=None: getattr(row, k, d)
+        deadband_type = get("deadband_type")
+        if deadband_type not in (None, "absolute", "percent"):
+            msg = f"deadband_type of {get('asset_id')}/{get('signal')} must be absolute or percent"
+            raise SourceError(msg)
+        return cls(
+            asset_id=str(get("asset_id")),
+            signal=str(get("signal")),
+            node_id=str(get("node_id")),
+            sampling_interval_ms=get("sampling_interval_ms"),
+            deadband=get("deadband"),
+            deadband_type=deadband_type,
+            observable=get("observable"),
         )
 
-    def status_change_notification(self, status: Any) -> None:
-        log.warning("%s: subscription status changed: %s", self._source.name, status)
+    def __post_init__(self) -> None:
+        if self.deadband is not None and self.deadband < 0:
+            msg = f"deadband of {self.asset_id}/{self.signal} must be >= 0, got {self.deadband}"
+            raise ValueError(msg)
+        if self.deadband_type == "percent" and self.deadband is not None and self.deadband > 100:
+            msg = f"percent deadband of {self.asset_id}/{self.signal} must be <= 100, got {self.deadband}"
+            raise ValueError(msg)
+        if self.sampling_interval_ms is not None and self.sampling_interval_ms < 0:
+            msg = f"sampling interval of {self.asset_id}/{self.signal} must be >= 0"
+            raise ValueError(msg)
+
+
+class UntrustedServerError(SourceError):
+    """The server's certificate is not in the trust folder: the connection is refused."""
+
+
+@dataclass
+class OpcUaSourceStats:
+    """What the source did; read by tests, the health endpoint and benchmarks."""
+
+    connected: bool = False
+    connects: int = 0
+    reconnects: int = 0  # connections re-established after a loss
+    reconnect_attempts: int = 0
+    samples: int = 0
+    subscribed: int = 0
+    polled: int = 0
+    failed: int = 0
+    unresolved: int = 0
+    max_nodes_per_read: int = 0
+    max_items_per_call: int = 0
+    largest_read: int = 0
+    largest_create: int = 0
+    namespace_index: dict[str, int] = field(default_factory=dict)
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _ParsedId:
+    uri: str | None  # namespace URI of an ExpandedNodeId, else None
+    rest: str  # "ns=2;s=x" when uri is None, else the identifier part "s=x"
+
+
+def _parse_node_id(node: PlannedNode) -> _ParsedId:
+    text = node.node_id.strip()
+    parts = [p for p in text.split(";") if p]
+    uri = None
+    kept = []
+    for part in parts:
+        key = part.split("=", 1)[0]
+        if key == "nsu":
+            uri = part[4:]
+        elif key == "svr":
+            continue  # the local server is the only one we talk to
+        else:
+            kept.append(part)
+    ident = [p for p in kept if p.split("=", 1)[0] in ("i", "s", "g", "b")]
+    if len(ident) != 1 or (uri is not None and len(kept) != 1):
+        msg = f"node id {node.node_id!r} of {node.asset_id}/{node.signal} is not a NodeId or ExpandedNodeId"
+        raise SourceError(msg)
+    return _ParsedId(uri, ";".join(kept))
+
+
+class _Session:
+    """Everything that belongs to one connection; dropped whole when the connection ends."""
+
+    def __init__(self) -> None:
+        self.targets: list[tuple[str, str]] = []  # client handle -> (asset_id, signal)
+        self.lost = asyncio.Event()
+        self.last_publish = time.monotonic()
+        self.subscription_id: int | None = None
 
 
 class OpcUaSource:
     """Collects the planned nodes (or, without a plan, every asset found by browsing)."""
 
-    def __init__(self, settings: OpcUaSourceSettings, plan: Sequence[PlannedNode] | None = None) -> None:
+    def __init__(
+        self,
+        settings: OpcUaSourceSettings,
+        plan: Sequence[PlannedNode] | None = None,
+        *,
+        metrics: SourceMetrics | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self._asyncua, self._ua = _asyncua()
         self.settings = settings
         self._plan = list(plan) if plan is not None else None
-        self.handles: dict[int, PlannedNode] = {}
-        self.subscribed = 0
+        self._parsed = [_parse_node_id(p) for p in self._plan] if self._plan is not None else None
+        self.metrics: SourceMetrics = metrics or NullSourceMetrics()
+        self.stats = OpcUaSourceStats()
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self._session: _Session | None = None
+        self._established = False
 
     @property
     def name(self) -> str:
+        """The endpoint URL: stable across reconnects, so sequence numbers continue."""
         return self.settings.endpoint
+
+    @property
+    def subscribed(self) -> int:
+        """Nodes monitored by the current connection's subscription."""
+        return self.stats.subscribed
+
+    # -- the reconnect loop ----------------------------------------------------------------------
+
+    async def run(self, emit: Emit, stop: asyncio.Event) -> None:
+        """Collect until `stop` is set; reconnect with capped, jittered backoff on any loss."""
+        delay = self.settings.reconnect_initial_s
+        first = True
+        while not stop.is_set():
+            if not first:
+                self.stats.reconnect_attempts += 1
+            first = False
+            self._established = False
+            try:
+                await self._connection(emit, stop)
+            except SourceError:
+                raise  # misconfiguration or an untrusted server: retrying cannot help
+            except Exception as exc:  # noqa: BLE001 - every transport/protocol failure means reconnect
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("%s: connection failed: %s", self.name, self.stats.last_error)
+            if stop.is_set():
+                return
+            if self._established:
+                # The connection worked (and was lost later): start the backoff from the bottom.
+                delay = self.settings.reconnect_initial_s
+            # "Equal jitter": half the delay fixed, half random, so a fleet restarted together
+            # does not reconnect in lockstep.
+            wait = delay / 2 + self._rng.uniform(0, delay / 2)
+            log.info("%s: reconnecting in %.2f s", self.name, wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+            delay = min(delay * 2, self.settings.reconnect_max_s)
+
+    async def _connection(self, emit: Emit, stop: asyncio.Event) -> None:
+        """One connection from connect to stop (returns) or loss (raises)."""
+        client = self._asyncua.Client(url=self.settings.endpoint, timeout=self.settings.timeout_s)
+        client.application_uri = self.settings.application_uri
+        # A crashed agent's session is freed by the server after this long.
+        client.session_timeout = 120_000
+        client.name = client.description = "TIDM edge agent"
+        session = self._session = _Session()
+
+        async def lost(exc: Exception) -> None:
+            session.lost.set()
+
+        client.connection_lost_callback = lost
+        pollers: list[asyncio.Task[None]] = []
+        connected = False
+        try:
+            await self._secure(client)
+            await asyncio.wait_for(client.connect(), timeout=self.settings.timeout_s * 2)
+            connected = True
+            self.stats.connects += 1
+            if self.stats.connects > 1:
+                self.stats.reconnects += 1
+                self.metrics.reconnected()
+            await self._read_limits(client)
+            plan = self._plan if self._plan is not None else await self.browse_plan(client)
+            parsed = self._parsed if self._parsed is not None else [_parse_node_id(p) for p in plan]
+            node_ids = await self._resolve(client, plan, parsed)
+            to_poll: list[tuple[int, Any]] = []
+            if self.settings.mode == "subscribe":
+                to_poll = await self._subscribe(client, session, plan, node_ids, emit)
+            else:
+                to_poll = [(i, nid) for i, nid in enumerate(node_ids) if nid is not None]
+            session.targets = [(p.asset_id, p.signal) for p in plan]
+            self.stats.polled = len(to_poll)
+            self.metrics.nodes("subscribe", self.stats.subscribed)
+            self.metrics.nodes("poll", self.stats.polled)
+            self.metrics.nodes("failed", self.stats.failed + self.stats.unresolved)
+            for interval, group in self._poll_groups(plan, to_poll).items():
+                pollers.append(
+                    asyncio.create_task(
+                        self._poll(client, session, plan, group, interval, emit), name=f"poll:{self.name}"
+                    )
+                )
+            self.stats.connected = True
+            self.metrics.connected(True)
+            log.info(
+                "%s: collecting %d subscribed + %d polled of %d planned nodes (limits: read %d, items %d)",
+                self.name,
+                self.stats.subscribed,
+                self.stats.polled,
+                len(plan),
+                self.stats.max_nodes_per_read,
+                self.stats.max_items_per_call,
+            )
+            self._established = True
+            await self._watch(client, session, stop, pollers)
+        finally:
+            self.stats.connected = False
+            self.metrics.connected(False)
+            for task in pollers:
+                task.cancel()
+            for task in pollers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self._close(client, session, connected=connected, graceful=stop.is_set())
+            # Drop every reference to this connection so nothing of it survives the next one.
+            session.targets = []
+            self._session = None
+            client.connection_lost_callback = None
+
+    async def _watch(
+        self, client: Any, session: _Session, stop: asyncio.Event, pollers: list[asyncio.Task[None]]
+    ) -> None:
+        """Wait for stop or loss. Loss: transport lost, bad subscription status, a poller failing,
+        or no publish response (data or keep-alive) for well past the keep-alive period."""
+        keepalive_s = self._keepalive_count() * self.settings.publishing_interval_ms / 1000
+        silence_s = keepalive_s * 3 + self.settings.timeout_s
+        while not stop.is_set():
+            waiters = [
+                asyncio.ensure_future(stop.wait()),
+                asyncio.ensure_future(session.lost.wait()),
+                *pollers,
+            ]
+            try:
+                await asyncio.wait(waiters, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters[:2]:
+                    w.cancel()
+            for task in pollers:
+                if task.done():
+                    exc = task.exception()
+                    msg = f"{self.name}: polling stopped: {exc!r}"
+                    raise SourceUnavailable(msg)
+            if session.lost.is_set():
+                msg = f"{self.name}: connection lost"
+                raise SourceUnavailable(msg)
+            if session.subscription_id is not None and time.monotonic() - session.last_publish > silence_s:
+                msg = f"{self.name}: no publish response for {silence_s:.0f} s"
+                raise SourceUnavailable(msg)
+
+    async def _close(self, client: Any, session: _Session, *, connected: bool, graceful: bool) -> None:
+        if not connected:
+            with contextlib.suppress(Exception):
+                client.disconnect_socket()
+            return
+        if graceful and not session.lost.is_set():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), timeout=self.settings.timeout_s)
+            return
+        # The server is gone: close the session locally (cancels asyncua's supervisor, renew
+        # and publish tasks) without waiting for answers that will not come.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close_session(), timeout=1.0)
+        with contextlib.suppress(Exception):
+            client.disconnect_socket()
+
+    # -- security --------------------------------------------------------------------------------
+
+    async def _secure(self, client: Any) -> None:
+        s = self.settings
+        if s.security == "none":
+            return  # written explicitly in the settings: the validator requires it
+        ua = self._ua
+        from asyncua.crypto import security_policies
+
+        # Endpoints are always listed over an unsecured channel (Part 4, GetEndpoints); nothing
+        # else is sent before the server's certificate is checked against the trust folder.
+        try:
+            endpoints = await asyncio.wait_for(client.connect_and_get_server_endpoints(), s.timeout_s)
+        except (OSError, TimeoutError) as exc:
+            msg = f"cannot reach OPC UA server {self.name}: {exc}"
+            raise SourceUnavailable(msg) from exc
+        wanted = security_policies.SecurityPolicyBasic256Sha256.URI
+        chosen = [
+            e
+            for e in endpoints
+            if e.SecurityPolicyUri == wanted and e.SecurityMode == ua.MessageSecurityMode.SignAndEncrypt
+        ]
+        if not chosen:
+            offered = sorted(
+                {f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}" for e in endpoints}
+            )
+            msg = (
+                f"{self.name} offers no Basic256Sha256 SignAndEncrypt endpoint "
+                f"(offers {', '.join(offered)}); refusing to connect. "
+                "Write `security: none` only if unencrypted collection is intended."
+            )
+            raise SourceError(msg)
+        der = _first_certificate(bytes(chosen[0].ServerCertificate or b""))
+        _check_trusted(self.name, der, s.trust_folder)
+        assert s.certificate is not None and s.private_key is not None  # noqa: S101 - validated settings
+        try:
+            await client.set_security(
+                security_policies.SecurityPolicyBasic256Sha256,
+                str(s.certificate),
+                str(s.private_key),
+                server_certificate=der,
+                mode=ua.MessageSecurityMode.SignAndEncrypt,
+            )
+        except (OSError, ValueError) as exc:
+            msg = f"cannot load the agent certificate/key ({s.certificate}, {s.private_key}): {exc}"
+            raise SourceError(msg) from exc
+
+    # -- limits, namespaces, browsing ------------------------------------------------------------
+
+    async def _read_values(self, client: Any, node_ids: Sequence[Any], chunk: int) -> list[Any]:
+        ua = self._ua
+        out: list[Any] = []
+        for start in range(0, len(node_ids), chunk):
+            part = node_ids[start : start + chunk]
+            params = ua.ReadParameters()
+            params.TimestampsToReturn = ua.TimestampsToReturn.Both
+            for nid in part:
+                rv = ua.ReadValueId()
+                rv.NodeId = nid
+                rv.AttributeId = ua.AttributeIds.Value
+                params.NodesToRead.append(rv)
+            self.stats.largest_read = max(self.stats.largest_read, len(part))
+            out.extend(await client.uaclient.read(params))
+        return out
+
+    async def _read_limits(self, client: Any) -> None:
+        ua = self._ua
+        ids = [ua.NodeId(_MAX_NODES_PER_READ, 0), ua.NodeId(_MAX_MONITORED_ITEMS_PER_CALL, 0)]
+        read_cap = self.settings.max_nodes_per_read
+        items_cap = self.settings.max_items_per_call
+        try:
+            per_read, per_call = await self._read_values(client, ids, 2)
+        except Exception as exc:  # noqa: BLE001 - servers without OperationLimits: use our caps
+            log.info("%s: no operation limits advertised (%s); using configured caps", self.name, exc)
+        else:
+            read_cap = _cap(read_cap, per_read)
+            items_cap = _cap(items_cap, per_call)
+        self.stats.max_nodes_per_read = read_cap
+        self.stats.max_items_per_call = items_cap
+
+    async def _resolve(
+        self, client: Any, plan: Sequence[PlannedNode], parsed: Sequence[_ParsedId]
+    ) -> list[Any]:
+        """NodeIds for this connection, by namespace URI; None where the namespace is missing."""
+        ua = self._ua
+        (array_dv,) = await self._read_values(client, [ua.NodeId(_NAMESPACE_ARRAY, 0)], 1)
+        uris: list[str] = list(array_dv.Value.Value or [])
+        index = {uri: i for i, uri in enumerate(uris)}
+        self.stats.namespace_index = {u: index[u] for u in {p.uri for p in parsed if p.uri} if u in index}
+        out: list[Any] = []
+        missing: dict[str, int] = {}
+        for node, pid in zip(plan, parsed, strict=True):
+            text = pid.rest
+            if pid.uri is not None:
+                idx = index.get(pid.uri)
+                if idx is None:
+                    missing[pid.uri] = missing.get(pid.uri, 0) + 1
+                    out.append(None)
+                    continue
+                text = f"ns={idx};{pid.rest}"
+            try:
+                out.append(ua.NodeId.from_string(text))
+            except Exception as exc:  # noqa: BLE001 - asyncua raises several types for bad strings
+                msg = f"node id {node.node_id!r} of {node.asset_id}/{node.signal} cannot be parsed: {exc}"
+                raise SourceError(msg) from exc
+        for uri, n in missing.items():
+            log.error(
+                "%s: namespace %r of %d planned nodes is not on the server; skipping them", self.name, uri, n
+            )
+        self.stats.unresolved = sum(missing.values())
+        return out
 
     async def browse_plan(self, client: Any) -> list[PlannedNode]:
         """Assets are objects under Objects with an `AssetId` property; signals are their variables."""
+        ua = self._ua
         plan: list[PlannedNode] = []
         uris = await client.get_namespace_array()
-        for obj in await client.nodes.objects.get_children(nodeclassmask=self._ua.NodeClass.Object):
+        for obj in await client.nodes.objects.get_children(nodeclassmask=ua.NodeClass.Object):
             asset_id = None
-            for prop in await obj.get_properties():
-                if (await prop.read_browse_name()).Name == "AssetId":
-                    asset_id = str(await prop.read_value())
+            variables = await obj.get_children(nodeclassmask=ua.NodeClass.Variable)
+            names = await _browse_names(client, variables, self.stats.max_nodes_per_read or 1000)
+            for var, name in zip(variables, names, strict=True):
+                if name == "AssetId":
+                    (dv,) = await self._read_values(client, [var.nodeid], 1)
+                    asset_id = str(dv.Value.Value)
             if asset_id is None:
                 continue
-            for var in await obj.get_children(nodeclassmask=self._ua.NodeClass.Variable):
-                name = (await var.read_browse_name()).Name
+            for var, name in zip(variables, names, strict=True):
                 if name == "AssetId":
                     continue
                 nid = var.nodeid
-                ident = nid.to_string().split(";", 1)[1]
+                ident = nid.to_string().split(";", 1)[1] if nid.NamespaceIndex else nid.to_string()
                 plan.append(PlannedNode(asset_id, name, f"nsu={uris[nid.NamespaceIndex]};{ident}"))
         return plan
 
-    async def _resolve(self, client: Any, node_id: str) -> Any:
-        if node_id.startswith("nsu="):
-            uri, rest = node_id[4:].split(";", 1)
+    # -- subscriptions ---------------------------------------------------------------------------
+
+    def _keepalive_count(self) -> int:
+        # About five seconds between keep-alives whatever the publishing interval.
+        return max(3, int(5000 / self.settings.publishing_interval_ms))
+
+    async def _subscribe(
+        self, client: Any, session: _Session, plan: Sequence[PlannedNode], node_ids: Sequence[Any], emit: Emit
+    ) -> list[tuple[int, Any]]:
+        """Create the subscription and its monitored items; return the nodes to poll instead."""
+        ua = self._ua
+        self.stats.subscribed = self.stats.failed = 0
+        live = [
+            (i, nid) for i, nid in enumerate(node_ids) if nid is not None and plan[i].observable is not False
+        ]
+        not_observable = [
+            (i, nid) for i, nid in enumerate(node_ids) if nid is not None and plan[i].observable is False
+        ]
+        if not live:
+            return not_observable
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = self.settings.publishing_interval_ms
+        params.RequestedMaxKeepAliveCount = self._keepalive_count()
+        params.RequestedLifetimeCount = params.RequestedMaxKeepAliveCount * 10
+        params.MaxNotificationsPerPublish = 0
+        params.PublishingEnabled = True
+        params.Priority = 0
+        session.targets = [(p.asset_id, p.signal) for p in plan]
+        callback = self._publish_callback(session, emit)
+        try:
+            result = await client.uaclient.create_subscription(params, callback=callback)
+        except ua.UaStatusCodeError as exc:
+            if exc.code in _NO_SUBSCRIPTIONS:
+                log.warning(
+                    "%s: server refused a subscription (%s); polling all %d nodes every %g ms",
+                    self.name,
+                    ua.StatusCode(exc.code).name,
+                    len(live),
+                    self.settings.poll_interval_ms,
+                )
+                return live + not_observable
+            raise
+        session.subscription_id = result.SubscriptionId
+        session.last_publish = time.monotonic()
+        to_poll: list[tuple[int, Any]] = list(not_observable)
+        refused: dict[str, list[str]] = {}
+        chunk = self.stats.max_items_per_call
+        start = 0
+        while start < len(live):
+            part = live[start : start + chunk]
             try:
-                idx = await client.get_namespace_index(uri)
-            except ValueError as exc:
-                msg = f"{self.name}: namespace {uri!r} of node {node_id!r} is not on the server"
-                raise SourceError(msg) from exc
-            node_id = f"ns={idx};{rest}"
-        return client.get_node(node_id)
+                results = await self._create_items(client, session.subscription_id, plan, part)
+            except ua.UaStatusCodeError as exc:
+                if exc.code == _BAD_TOO_MANY_OPERATIONS and chunk > 1:
+                    # The server enforces a lower limit than it advertised: halve and retry.
+                    chunk = max(1, chunk // 2)
+                    self.stats.max_items_per_call = chunk
+                    log.warning(
+                        "%s: BadTooManyOperations; creating %d monitored items per call", self.name, chunk
+                    )
+                    continue
+                if exc.code in _NO_SUBSCRIPTIONS:
+                    refused.setdefault(ua.StatusCode(exc.code).name, []).extend(
+                        plan[i].node_id for i, _ in part
+                    )
+                    to_poll.extend(part)
+                    start += len(part)
+                    continue
+                raise
+            for (i, nid), res in zip(part, results, strict=True):
+                code = int(res.StatusCode.value)
+                if code & 0x80000000 == 0:
+                    self.stats.subscribed += 1
+                elif code in _POLL_FALLBACK:
+                    refused.setdefault(res.StatusCode.name, []).append(plan[i].node_id)
+                    to_poll.append((i, nid))
+                else:
+                    self.stats.failed += 1
+                    log.error(
+                        "%s: cannot monitor %s (%s/%s): %s",
+                        self.name,
+                        plan[i].node_id,
+                        plan[i].asset_id,
+                        plan[i].signal,
+                        res.StatusCode.name,
+                    )
+            start += len(part)
+        for status, nodes in refused.items():
+            log.warning(
+                "%s: server refused to monitor %d nodes (%s), polling them instead: %s%s",
+                self.name,
+                len(nodes),
+                status,
+                ", ".join(nodes[:5]),
+                " ..." if len(nodes) > 5 else "",
+            )
+        return to_poll
 
-    async def run(self, emit: Emit, stop: asyncio.Event) -> None:
-        client = self._asyncua.Client(url=self.settings.endpoint, timeout=self.settings.timeout_s)
-        try:
-            await client.connect()
-        except (TimeoutError, OSError) as exc:
-            msg = f"cannot connect to OPC UA server {self.name}: {exc}"
-            raise SourceUnavailable(msg) from exc
-        try:
-            plan = self._plan if self._plan is not None else await self.browse_plan(client)
-            handler = _Handler(self, emit)
-            sub = await client.create_subscription(self.settings.publishing_interval_ms, handler)
-            requests = []
-            for i, planned in enumerate(plan):
-                node = await self._resolve(client, planned.node_id)
-                handle = _HANDLE_BASE + i
-                self.handles[handle] = planned
-                requests.append(self._request(node, handle))
-            chunk = max(1, self.settings.max_items_per_call)
-            for start in range(0, len(requests), chunk):
-                results = await sub.create_monitored_items(requests[start : start + chunk])
-                for req, res in zip(requests[start : start + chunk], results, strict=True):
-                    if isinstance(res, self._ua.StatusCode):
-                        target = self.handles.pop(req.RequestedParameters.ClientHandle)
-                        log.error("%s: cannot monitor %s: %s", self.name, target.node_id, res)
-                    else:
-                        self.subscribed += 1
-            log.info("%s: subscribed to %d of %d planned nodes", self.name, self.subscribed, len(plan))
-            await stop.wait()
-            await sub.delete()
-        finally:
-            await client.disconnect()
+    async def _create_items(
+        self, client: Any, subscription_id: int, plan: Sequence[PlannedNode], part: Sequence[tuple[int, Any]]
+    ) -> list[Any]:
+        ua = self._ua
+        params = ua.CreateMonitoredItemsParameters()
+        params.SubscriptionId = subscription_id
+        params.TimestampsToReturn = ua.TimestampsToReturn.Both
+        params.ItemsToCreate = [self._request(plan[i], nid, i) for i, nid in part]
+        self.stats.largest_create = max(self.stats.largest_create, len(part))
+        return list(await client.uaclient.create_monitored_items(params))
 
-    def _request(self, node: Any, handle: int) -> Any:
+    def _request(self, planned: PlannedNode, node_id: Any, handle: int) -> Any:
         ua = self._ua
         rv = ua.ReadValueId()
-        rv.NodeId = node.nodeid
+        rv.NodeId = node_id
         rv.AttributeId = ua.AttributeIds.Value
         params = ua.MonitoringParameters()
         params.ClientHandle = handle
-        params.SamplingInterval = float(self.settings.sampling_interval_ms)
+        interval = planned.sampling_interval_ms
+        params.SamplingInterval = float(self.settings.sampling_interval_ms if interval is None else interval)
         params.QueueSize = self.settings.queue_size
         params.DiscardOldest = True
         mfilter = ua.DataChangeFilter()
-        mfilter.Trigger = ua.DataChangeTrigger.StatusValueTimestamp
+        if planned.deadband and planned.deadband_type is not None:
+            # With a timestamp trigger every new timestamp would pass the deadband.
+            mfilter.Trigger = ua.DataChangeTrigger.StatusValue
+            mfilter.DeadbandType = (
+                ua.DeadbandType.Absolute if planned.deadband_type == "absolute" else ua.DeadbandType.Percent
+            )
+            mfilter.DeadbandValue = float(planned.deadband)
+        else:
+            mfilter.Trigger = ua.DataChangeTrigger.StatusValueTimestamp
         params.Filter = mfilter
         req = ua.MonitoredItemCreateRequest()
         req.ItemToMonitor = rv
         req.MonitoringMode = ua.MonitoringMode.Reporting
         req.RequestedParameters = params
         return req
+
+    def _publish_callback(self, session: _Session, emit: Emit) -> Callable[[Any], None]:
+        """The hot path: one PublishResult -> one list of samples -> one `emit` call."""
+        ua = self._ua
+        data_change = ua.DataChangeNotification
+        status_change = ua.StatusChangeNotification
+        name = self.name
+        stats = self.stats
+        metrics = self.metrics
+        bool_int_float = (bool, int, float)
+        epoch, one_us = _EPOCH, _US
+
+        def on_publish(result: Any) -> None:
+            session.last_publish = time.monotonic()
+            notifications = result.NotificationMessage.NotificationData
+            if not notifications:
+                return
+            targets = session.targets
+            n_targets = len(targets)
+            recv = time.time_ns() // 1000
+            out: list[RawSample] = []
+            append = out.append
+            for notif in notifications:
+                if type(notif) is data_change:
+                    for item in notif.MonitoredItems:
+                        handle = item.ClientHandle
+                        if handle >= n_targets:
+                            continue
+                        asset_id, signal = targets[handle]
+                        dv = item.Value
+                        variant = dv.Value
+                        raw = variant.Value if variant is not None else None
+                        if raw is None or isinstance(raw, bool_int_float):
+                            value = None if raw is None else float(raw)
+                            text = None
+                        else:
+                            value, text = None, str(raw)
+                        src = dv.SourceTimestamp
+                        append(
+                            RawSample(
+                                asset_id,
+                                signal,
+                                # asyncua decodes timestamps as aware UTC datetimes.
+                                recv if src is None else (src - epoch) // one_us,
+                                recv,
+                                value,
+                                text,
+                                dv.StatusCode.value,
+                            )
+                        )
+                elif type(notif) is status_change:
+                    status = notif.Status
+                    if not status.is_good():
+                        log.warning("%s: subscription status %s; reconnecting", name, status.name)
+                        session.lost.set()
+            if out:
+                stats.samples += len(out)
+                metrics.samples(len(out))
+                emit(name, out)
+
+        return on_publish
+
+    # -- polling ---------------------------------------------------------------------------------
+
+    def _poll_groups(
+        self, plan: Sequence[PlannedNode], to_poll: Sequence[tuple[int, Any]]
+    ) -> dict[float, list[tuple[int, Any]]]:
+        groups: dict[float, list[tuple[int, Any]]] = {}
+        for i, nid in to_poll:
+            interval = plan[i].sampling_interval_ms or self.settings.poll_interval_ms
+            groups.setdefault(float(interval), []).append((i, nid))
+        return groups
+
+    async def _poll(
+        self,
+        client: Any,
+        session: _Session,
+        plan: Sequence[PlannedNode],
+        group: Sequence[tuple[int, Any]],
+        interval_ms: float,
+        emit: Emit,
+    ) -> None:
+        """Read `group` every interval (chunked to MaxNodesPerRead); emit what changed.
+
+        A change is a new source timestamp, status or value beyond an absolute deadband (percent
+        deadbands need the EURange, which a polling client cannot assume: they pass every change).
+        """
+        last: list[tuple[int, int, Any] | None] = [None] * len(group)
+        ids = [nid for _, nid in group]
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            values = await self._read_values(client, ids, self.stats.max_nodes_per_read)
+            recv = time.time_ns() // 1000
+            out: list[RawSample] = []
+            for k, ((i, _), dv) in enumerate(zip(group, values, strict=True)):
+                node = plan[i]
+                status = int(dv.StatusCode.value)
+                raw = dv.Value.Value if dv.Value is not None else None
+                ts = _us(dv.SourceTimestamp, recv)
+                prev = last[k]
+                if prev is not None and prev[0] == ts and prev[1] == status:
+                    continue
+                if (
+                    prev is not None
+                    and prev[1] == status
+                    and node.deadband
+                    and node.deadband_type == "absolute"
+                    and isinstance(raw, int | float)
+                    and isinstance(prev[2], int | float)
+                    and abs(raw - prev[2]) <= node.deadband
+                ):
+                    continue
+                last[k] = (ts, status, raw)
+                if raw is None or isinstance(raw, bool | int | float):
+                    value, text = (None if raw is None else float(raw)), None
+                else:
+                    value, text = None, str(raw)
+                out.append(RawSample(node.asset_id, node.signal, ts, recv, value, text, status))
+            if out:
+                self.stats.samples += len(out)
+                self.metrics.samples(len(out))
+                emit(self.name, out)
+            next_at += interval_ms / 1000
+            delay = next_at - loop.time()
+            if delay < 0:
+                next_at = loop.time()  # behind: skip missed slots instead of bursting
+                delay = 0
+            await asyncio.sleep(delay)
+
+
+def _cap(configured: int, advertised: Any) -> int:
+    """The smaller of our cap and the server's limit (0, missing or bad means no limit)."""
+    try:
+        status_ok = int(advertised.StatusCode.value) & 0x80000000 == 0
+        limit = int(advertised.Value.Value) if status_ok and advertised.Value is not None else 0
+    except (TypeError, ValueError, AttributeError):
+        limit = 0
+    return min(configured, limit) if limit > 0 else configured
+
+
+async def _browse_names(client: Any, nodes: Sequence[Any], chunk: int) -> list[str]:
+    from asyncua.ua.attribute_ids import AttributeIds
+
+    names: list[str] = []
+    for start in range(0, len(nodes), chunk):
+        part = [n.nodeid for n in nodes[start : start + chunk]]
+        values = await client.uaclient.read_attributes(part, AttributeIds.BrowseName)
+        names.extend(str(v.Value.Value.Name) for v in values)
+    return names
+
+
+def _first_certificate(der_chain: bytes) -> bytes:
+    """The leaf certificate of a DER chain (servers may send leaf + issuers concatenated)."""
+    from cryptography import x509
+
+    if not der_chain:
+        return b""
+    # A DER SEQUENCE header: 0x30, then a long-form length.
+    if der_chain[0] == 0x30 and der_chain[1] & 0x80:
+        n = der_chain[1] & 0x7F
+        length = int.from_bytes(der_chain[2 : 2 + n], "big") + 2 + n
+        der_chain = der_chain[:length]
+    x509.load_der_x509_certificate(der_chain)
+    return der_chain
+
+
+def _load_trusted(folder: Path) -> list[Any]:
+    from cryptography import x509
+
+    certs = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.suffix.lower() not in (".der", ".pem", ".crt", ".cer"):
+            continue
+        data = path.read_bytes()
+        try:
+            certs.append(
+                x509.load_pem_x509_certificate(data)
+                if b"-----BEGIN" in data
+                else x509.load_der_x509_certificate(data)
+            )
+        except ValueError:
+            log.warning("trust folder %s: %s is not a certificate; ignored", folder, path.name)
+    return certs
+
+
+def _check_trusted(endpoint: str, der: bytes, folder: Path | None) -> None:
+    """Accept the server certificate if it, or a CA certificate that issued it, is in `folder`."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    if not der:
+        msg = f"{endpoint} presented no certificate on its secure endpoint; refusing to connect"
+        raise UntrustedServerError(msg)
+    cert = x509.load_der_x509_certificate(der)
+    fingerprint = hashlib.sha256(der).hexdigest()
+    if folder is None or not folder.is_dir():
+        msg = f"trust folder {folder} for {endpoint} does not exist; refusing to connect"
+        raise UntrustedServerError(msg)
+    now = dt.datetime.now(dt.UTC)
+    for trusted in _load_trusted(folder):
+        if trusted.public_bytes(Encoding.DER) == der:
+            break
+        with contextlib.suppress(ValueError, TypeError, InvalidSignature):
+            cert.verify_directly_issued_by(trusted)
+            break
+    else:
+        msg = (
+            f"the certificate of OPC UA server {endpoint} (subject {cert.subject.rfc4514_string()}, "
+            f"SHA-256 {fingerprint}) is not trusted: it is not in the trust folder {folder} and not issued "
+            "by a certificate there. Copy the server certificate into the folder to trust it."
+        )
+        raise UntrustedServerError(msg)
+    if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
+        msg = (
+            f"the certificate of OPC UA server {endpoint} (SHA-256 {fingerprint}) is outside its validity "
+            f"period ({cert.not_valid_before_utc:%Y-%m-%d} .. {cert.not_valid_after_utc:%Y-%m-%d}); refusing"
+        )
+        raise UntrustedServerError(msg)
