@@ -41,6 +41,29 @@ def test_every_command_has_help() -> None:
         assert "Usage:" in out.output
 
 
+def test_bad_job_spec_names_the_file_line_and_step(tmp_path: Path) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: j\nsteps:\n  - drop_bad_samples\n  - despike: {nonsense: 3}\n")
+    out = CliRunner().invoke(cli, ["job", "run", "--spec", str(spec)])
+    assert out.exit_code != 0
+    assert f"{spec}:4: step 2 'despike'" in str(out.exception)
+
+
+def test_job_spec_and_process_settings_load_separately_or_combined(tmp_path: Path) -> None:
+    from tidm.cli.processes import load_job
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: j\ntopics: [t1]\nsteps: [drop_bad_samples]\n")
+    config = tmp_path / "process.yaml"
+    config.write_text("transport: {kind: embedded, partitions: 3}\nquarantine: folder\n")
+    settings, loaded = load_job(spec, config)
+    assert loaded.name == "j" and loaded.topics == ("t1",) and settings.transport.partitions == 3
+    combined = tmp_path / "combined.yaml"
+    combined.write_text("job: {name: k, group_id: g}\ntransport: {partitions: 2}\n")
+    settings, loaded = load_job(combined)
+    assert loaded.name == "k" and loaded.group == "g" and settings.transport.partitions == 2
+
+
 def test_bad_settings_name_the_file_and_field(tmp_path: Path) -> None:
     spec = tmp_path / "job.yaml"
     spec.write_text("job:\n  max_records: -1\n  nonsense: 1\n")
@@ -99,18 +122,32 @@ def test_agent_and_job_processes_on_kafka_and_s3(
                         "key_file": str(key),
                         "topic": topic,
                         "batch": {"max_age_ms": 200},
-                        "opcua": [{"endpoint": endpoint}],
+                        "opcua": [{"endpoint": endpoint, "security": "none"}],
                     },
                     "transport": {"kind": "kafka", "partitions": 2},
                     "evidence": {"path": str(evidence)},
+                    "health": {"port": 0},
                 }
             )
         )
-        job_cfg = tmp_path / "job.yaml"
+        # The spec says what the job does; the process settings say where it runs.
+        job_spec = tmp_path / "job.yaml"
+        job_spec.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "clean",
+                    "topics": [topic],
+                    "group_id": unique_name("g"),
+                    "steps": ["drop_bad_samples"],
+                    "unit_s": 1,
+                    "idle_s": 0.5,
+                }
+            )
+        )
+        job_cfg = tmp_path / "process.yaml"
         job_cfg.write_text(
             yaml.safe_dump(
                 {
-                    "job": {"name": "clean", "topics": [topic], "group_id": unique_name("g")},
                     "transport": {"kind": "kafka", "partitions": 2},
                     "evidence": {"path": str(evidence)},
                     "lake": {
@@ -126,7 +163,9 @@ def test_agent_and_job_processes_on_kafka_and_s3(
         env["TIDM_LAKE__ACCESS_KEY"] = s3_config["access_key"]
         env["TIDM_LAKE__SECRET_KEY"] = s3_config["secret_key"]
         agent = _start(["agent", "run", "--config", str(agent_cfg)], tmp_path / "agent.log", env)
-        job = _start(["job", "run", "--spec", str(job_cfg)], tmp_path / "job.log", env)
+        job = _start(
+            ["job", "run", "--spec", str(job_spec), "--config", str(job_cfg)], tmp_path / "job.log", env
+        )
         lake = Lake.s3(
             bucket=s3_bucket,
             prefix="lake",

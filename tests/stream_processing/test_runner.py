@@ -114,7 +114,9 @@ async def _run_job_until(runner: JobRunner, messages: int, timeout_s: float = 30
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     deadline = time.monotonic() + timeout_s
-    while runner.stats.messages < messages and time.monotonic() < deadline and not task.done():
+    while time.monotonic() < deadline and not task.done():
+        if runner.stats.messages >= messages and runner.open_messages == 0:
+            break  # every message received is landed and committed
         await asyncio.sleep(0.05)
     stop.set()
     await task

@@ -104,7 +104,10 @@ async def run_pipeline(
                 raise TimeoutError(msg)
             await _wait_for(
                 lambda: (
-                    job.stats.batches + job.stats.quarantined >= agent_stats.batches_published
+                    (
+                        job.stats.batches + job.stats.quarantined >= agent_stats.batches_published
+                        and job.open_messages == 0  # landing units close when their partition idles
+                    )
                     or job_task.done()
                 ),
                 timeout_s=drain_timeout_s,

@@ -123,6 +123,11 @@ class JobSpec(BaseModel):
     output_topic: str | None = None
     lookback_s: float = Field(default=0.0, ge=0)
     max_records: int = Field(default=500, ge=1)
+    # Landing units (see tidm.stream_processing.runner): windows of message time, capped by aligned
+    # offset blocks; a unit of an idle partition closes after `idle_s` without new messages.
+    unit_s: float = Field(default=10.0, gt=0)
+    unit_messages: int = Field(default=1000, ge=1)
+    idle_s: float = Field(default=1.0, gt=0)
     source: str = "<python>"
 
     @field_validator("name")
@@ -202,10 +207,12 @@ def apply_steps(table: pa.Table, steps: Sequence[BoundStep]) -> StepsOutcome:
     return outcome
 
 
-def _with_lines(text: str) -> tuple[Any, dict[int, int]]:
-    """Parse YAML; also return the line of each item of the top-level `steps` list."""
+def _with_lines(text: str, section: str | None = None) -> tuple[Any, dict[int, int]]:
+    """Parse YAML; also return the line of each item of the `steps` list (top level, or in `section`)."""
     node = yaml.compose(text, Loader=yaml.SafeLoader)
     lines: dict[int, int] = {}
+    if section is not None and isinstance(node, yaml.MappingNode):
+        node = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == section), None)
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             if (
@@ -215,7 +222,10 @@ def _with_lines(text: str) -> tuple[Any, dict[int, int]]:
             ):
                 for i, item in enumerate(value.value):
                     lines[i] = item.start_mark.line + 1
-    return yaml.safe_load(text), lines
+    doc = yaml.safe_load(text)
+    if section is not None and isinstance(doc, dict):
+        doc = doc.get(section)
+    return doc, lines
 
 
 def _normalise_step(raw: Any, where: str, index: int) -> dict[str, Any]:
@@ -238,11 +248,16 @@ def _normalise_step(raw: Any, where: str, index: int) -> dict[str, Any]:
     raise JobSpecError(msg)
 
 
-def load_spec(path: Path) -> JobSpec:
-    """Read and validate a YAML job spec, including that every step exists with valid parameters."""
+def load_spec(path: Path, *, section: str | None = None) -> JobSpec:
+    """Read and validate a YAML job spec, including that every step exists with valid parameters.
+
+    `section`: the spec is the mapping under that top-level key (a process settings file that also
+    holds the job, e.g. `job:`); error locations then start with it.
+    """
     where = str(path)
+    prefix = f"{section}." if section else ""
     try:
-        doc, lines = _with_lines(path.read_text(encoding="utf-8"))
+        doc, lines = _with_lines(path.read_text(encoding="utf-8"), section)
     except OSError as exc:
         msg = f"cannot read job spec {where}: {exc.strerror}"
         raise JobSpecError(msg) from exc
@@ -250,7 +265,8 @@ def load_spec(path: Path) -> JobSpec:
         msg = f"{where}: not valid YAML: {exc}"
         raise JobSpecError(msg) from exc
     if not isinstance(doc, dict):
-        msg = f"{where}: expected a mapping with at least 'name' and 'steps'"
+        under = f" under '{section}'" if section else ""
+        msg = f"{where}: expected a mapping{under} with at least 'name' and 'steps'"
         raise JobSpecError(msg)
     raw_steps = doc.get("steps") or []
     if not isinstance(raw_steps, list):
@@ -270,7 +286,7 @@ def load_spec(path: Path) -> JobSpec:
             at = where
             if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int) and lines.get(loc[1]):
                 at = f"{where}:{lines[loc[1]]}"
-            problems.append(f"{at}: {'.'.join(str(p) for p in loc)}: {e['msg']}")
+            problems.append(f"{at}: {prefix}{'.'.join(str(p) for p in loc)}: {e['msg']}")
         raise JobSpecError("; ".join(problems)) from None
     spec.bind()
     return spec

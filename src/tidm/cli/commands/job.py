@@ -14,14 +14,24 @@ def job() -> None:
 
 
 @job.command("run")
-@click.option("--spec", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None)
-def job_run(spec: Path | None) -> None:
+@click.option(
+    "--spec",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    required=True,
+    help="The job spec (what it does); may also hold the process settings, the spec then under `job:`.",
+)
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Process settings (transport, evidence, lake, trusted agents, quarantine); TIDM_* env overrides.",
+)
+def job_run(spec: Path, config: Path | None) -> None:
     """Run a stream job in its consumer group until SIGINT/SIGTERM."""
-    from tidm.cli.processes import run_job
-    from tidm.cli.settings import JobProcessSettings, load_settings
+    from tidm.cli.processes import load_job, run_job
 
-    settings = load_settings(JobProcessSettings, spec)
-    stats = asyncio.run(run_job(settings))
+    settings, loaded = load_job(spec, config)
+    stats = asyncio.run(run_job(settings, loaded))
     click.echo(
         f"job stopped: {stats.batches} batches, {stats.rows_landed} rows landed, "
         f"{stats.quarantined} quarantined"

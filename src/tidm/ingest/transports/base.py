@@ -7,7 +7,7 @@ commit offsets only after their outputs are durable. Kafka and the embedded file
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -135,6 +135,25 @@ class Consumer(Protocol):
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Read `tp` from `offset` on the next fetch."""
+        ...
+
+    async def offsets_for_times(
+        self, times: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, int | None]:
+        """Per partition, the earliest offset whose message timestamp (ms) is >= the given one, or
+        None when there is none (a stream job's look-back rewinds there)."""
+        ...
+
+    def pause(self, tps: Iterable[TopicPartition]) -> None:
+        """Stop fetching `tps` until resumed (backpressure); the assignment is kept."""
+        ...
+
+    def resume(self, tps: Iterable[TopicPartition]) -> None:
+        """Fetch paused partitions again."""
+        ...
+
+    def paused(self) -> frozenset[TopicPartition]:
+        """Partitions currently paused (a rebalance clears the pause of partitions it takes away)."""
         ...
 
 

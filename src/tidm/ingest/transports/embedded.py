@@ -38,7 +38,7 @@ import time
 import urllib.parse
 import zlib
 from array import array
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -644,6 +644,7 @@ class EmbeddedConsumer:
         self._segments: dict[TopicPartition, _Segment] = {}
         self._positions: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
         self._next_discovery = 0.0
         self._rotation = 0
         self._fetching = asyncio.Lock()
@@ -740,7 +741,47 @@ class EmbeddedConsumer:
             raise ValueError(msg)
         self._positions[tp] = offset
 
+    async def offsets_for_times(
+        self, times: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, int | None]:
+        self._check_started()
+        out: dict[TopicPartition, int | None] = {}
+        for tp, ms in times.items():
+            segment = self._segments.get(tp)
+            if tp not in self._assignment or segment is None:
+                msg = f"group {self.group_id!r}: cannot look up times of {tp}: not assigned to this member"
+                raise NotAssignedError(msg)
+            out[tp] = await asyncio.to_thread(self._offset_for_time, segment, ms)
+        return out
+
+    def pause(self, tps: Iterable[TopicPartition]) -> None:
+        self._paused.update(tp for tp in tps if tp in self._assignment)
+
+    def resume(self, tps: Iterable[TopicPartition]) -> None:
+        self._paused.difference_update(tps)
+        self._wakeup.set()
+
+    def paused(self) -> frozenset[TopicPartition]:
+        return frozenset(self._paused)
+
     # -- internals --
+
+    @staticmethod
+    def _offset_for_time(segment: _Segment, ms: int) -> int | None:
+        """The first offset whose timestamp is >= `ms` (a scan: record timestamps need not be sorted)."""
+        try:
+            segment.refresh(locked=False)
+            offset = 0
+            while offset < segment.count:
+                records = segment.read(offset, 1024, _FETCH_MAX_BYTES)
+                for m in records:
+                    if m.timestamp_ms >= ms:
+                        return m.offset
+                offset += len(records)
+        except OSError as exc:
+            msg = f"{segment.tp}: cannot read {segment.path}: {exc}"
+            raise TransportUnavailable(msg) from exc
+        return None
 
     def _check_started(self) -> None:
         if self._state != "started":
@@ -794,12 +835,15 @@ class EmbeddedConsumer:
             raise TransportUnavailable(msg) from exc
         self._committed = committed
         self._positions = {tp: committed.get(tp, 0) for tp in wanted}  # earliest when none
+        self._paused.intersection_update(wanted)
         self._assignment = wanted
         if self._on_assign is not None:
             await self._on_assign(wanted)
 
     async def _fetch_once(self, max_records: int | None) -> dict[TopicPartition, list[Message]]:
-        order = sorted(self._assignment)
+        order = sorted(self._assignment - self._paused)
+        if not order:
+            return {}
         self._rotation = (self._rotation + 1) % len(order)
         order = order[self._rotation :] + order[: self._rotation]  # no partition starves the others
         asked = {tp: self._positions[tp] for tp in order}

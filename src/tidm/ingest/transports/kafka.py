@@ -495,6 +495,44 @@ class KafkaConsumer:
             msg = f"group {self.group_id!r}: cannot seek {tp}: not assigned to this member"
             raise NotAssignedError(msg) from exc
 
+    async def offsets_for_times(
+        self, times: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, int | None]:
+        consumer = self._started()
+        if not times:
+            return {}
+        k = _kafka()
+        where = f"group {self.group_id!r} offsets_for_times " + ", ".join(str(tp) for tp in sorted(times))
+        try:
+            found = await consumer.offsets_for_times(
+                {k.TopicPartition(tp.topic, tp.partition): max(0, int(ms)) for tp, ms in times.items()}
+            )
+        except _caught() as exc:
+            raise _translate(exc, where) from exc
+        return {
+            TopicPartition(tp.topic, tp.partition): (None if hit is None else int(hit.offset))
+            for tp, hit in found.items()
+        }
+
+    def pause(self, tps: Iterable[TopicPartition]) -> None:
+        consumer = self._started()
+        k = _kafka()
+        ours = [k.TopicPartition(tp.topic, tp.partition) for tp in tps if tp in self.assignment()]
+        if ours:
+            consumer.pause(*ours)
+
+    def resume(self, tps: Iterable[TopicPartition]) -> None:
+        consumer = self._started()
+        k = _kafka()
+        ours = [k.TopicPartition(tp.topic, tp.partition) for tp in tps if tp in self.assignment()]
+        if ours:
+            consumer.resume(*ours)
+
+    def paused(self) -> frozenset[TopicPartition]:
+        if self._consumer is None:
+            return frozenset()
+        return _ours(self._consumer.paused())
+
     # -- internals --
 
     def _started(self) -> Any:
