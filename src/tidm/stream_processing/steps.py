@@ -83,11 +83,27 @@ def drop_bad_samples(table: pa.Table) -> StepResult:
 
 
 def sort_for_lake(table: pa.Table) -> pa.Table:
-    """Sort by (signal, ts) so row-group statistics prune by signal and time."""
+    """Sort by (signal, ts) so row-group statistics prune by signal and time.
+
+    Signals are ranked once per dictionary (a handful of strings), then rows are sorted as integer
+    pairs (rank, ts) with NumPy: several times cheaper than sorting the strings row by row.
+    The sort is stable, so rows with equal (signal, ts) keep their order.
+    """
     if table.num_rows == 0:
         return table
-    signal = pc.cast(table.column("signal"), pa.string())
-    order = pc.sort_indices(
-        pa.table({"s": signal, "t": table.column("ts")}), [("s", "ascending"), ("t", "ascending")]
+    signal = table.column("signal")
+    if not pa.types.is_dictionary(signal.type):
+        order = pc.sort_indices(
+            pa.table({"s": signal, "t": table.column("ts")}), [("s", "ascending"), ("t", "ascending")]
+        )
+        return table.take(order)
+    chunks = signal.unify_dictionaries().chunks if signal.num_chunks else []
+    dictionary = chunks[0].dictionary if chunks else pa.array([], pa.string())
+    rank = np.empty(len(dictionary), dtype=np.int64)
+    rank[np.argsort(np.asarray(dictionary.to_pylist(), dtype=object), kind="stable")] = np.arange(
+        len(dictionary)
     )
-    return table.take(order)
+    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks]).astype(np.int64)
+    ts = table.column("ts").cast(pa.int64()).to_numpy()
+    order = np.lexsort((ts, rank[codes]))
+    return table.take(pa.array(order))
