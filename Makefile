@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: demo test lint typecheck unit integration services-up services-down bench venv-runtime venv-dev clean
+.PHONY: tools demo test lint typecheck unit integration services-up services-down bench venv-runtime venv-dev clean
 
 $(BIN)/uv:
 	$(PY) -m venv $(VENV)
@@ -46,8 +46,14 @@ services-down:
 unit: $(VENV)/.dev
 	$(BIN)/pytest -m "not integration"
 
+# kustomize, pinned and built once from the Go module proxy, renders deploy/k8s in tests/deploy.
+.cache/bin/kustomize: deploy/tools/kustomize.sh
+	bash deploy/tools/kustomize.sh >/dev/null
+
+tools: .cache/bin/kustomize
+
 # Services are started before the suite and always stopped after it, whatever the outcome.
-test: $(VENV)/.dev
+test: $(VENV)/.dev tools
 	$(MAKE) lint typecheck
 	$(BIN)/python deploy/dev/services.py up
 	status=0; $(BIN)/pytest || status=$$?; \
