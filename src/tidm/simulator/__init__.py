@@ -6,6 +6,7 @@ Imports only `tidm.errors` (and needs the `opcua` extra).
 
 from tidm.simulator.config import (
     AssetConfig,
+    HistoryConfig,
     SecurityConfig,
     ServerLimits,
     SignalConfig,
@@ -26,6 +27,7 @@ from tidm.simulator.signals import Reading, SignalGenerator
 
 __all__ = [
     "AssetConfig",
+    "HistoryConfig",
     "ProducedSample",
     "Reading",
     "SecurityConfig",

@@ -24,6 +24,7 @@ __all__ = [
     "MIN_TICK_MS",
     "AssetConfig",
     "GapMode",
+    "HistoryConfig",
     "SecurityConfig",
     "ServerLimits",
     "SignalConfig",
@@ -140,6 +141,7 @@ class ServerLimits(_Frozen):
     max_nodes_per_translate_browse_paths: int = Field(default=10_000, ge=1, le=2**32 - 1)
     max_nodes_per_method_call: int = Field(default=10_000, ge=1, le=2**32 - 1)
     max_monitored_items_per_call: int = Field(default=10_000, ge=1, le=2**32 - 1)
+    max_nodes_per_history_read_data: int = Field(default=10_000, ge=1, le=2**32 - 1)
     max_monitored_item_queue_size: int = Field(default=10_000, ge=1, le=2**32 - 1)
     max_subscriptions: int = Field(default=1_000, ge=1, le=2**32 - 1)
     max_connections: int = Field(default=1_000, ge=1)
@@ -161,6 +163,15 @@ class SecurityConfig(_Frozen):
         return self
 
 
+class HistoryConfig(_Frozen):
+    """Historical access: when enabled, every written sample is kept (the newest
+    `max_samples_per_signal` per variable) and served by HistoryRead (ReadRawModifiedDetails).
+    Disabled, HistoryRead answers BadHistoryOperationUnsupported, like a server without history."""
+
+    enabled: bool = False
+    max_samples_per_signal: int = Field(default=100_000, ge=1)
+
+
 class SimulatorConfig(_Frozen):
     """The whole simulator: endpoint, namespace, assets, reproducibility and recording."""
 
@@ -180,6 +191,7 @@ class SimulatorConfig(_Frozen):
     record_path: Path | None = None
     limits: ServerLimits = ServerLimits()
     security: SecurityConfig = SecurityConfig()
+    history: HistoryConfig = HistoryConfig()
 
     @field_validator("namespace_uri")
     @classmethod

@@ -52,6 +52,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     _extra = "opcua"
     raise MissingExtraError(_extra, "asyncua") from exc
 
+from tidm.simulator.history import HistoryService, SignalHistory  # needs asyncua too
+
 __all__ = ["Simulator", "SimulatorStats", "run_forever", "serve"]
 
 _log = logging.getLogger(__name__)
@@ -84,6 +86,10 @@ _ADVERTISED = (
     (
         ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
         "max_monitored_items_per_call",
+    ),
+    (
+        ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerHistoryReadData,
+        "max_nodes_per_history_read_data",
     ),
     (ObjectIds.Server_ServerCapabilities_MaxMonitoredItemsQueueSize, "max_monitored_item_queue_size"),
     (ObjectIds.Server_ServerCapabilities_MaxSubscriptions, "max_subscriptions"),
@@ -143,6 +149,7 @@ class _Variable:
     every: int
     numeric: bool
     last_ts_us: int = 0
+    history: SignalHistory | None = None  # kept across restarts, like the generators
 
 
 class Simulator:
@@ -166,6 +173,11 @@ class Simulator:
             ]
             for asset in cfg.assets
         ]
+        if cfg.history.enabled:
+            for variables in self._assets:
+                for var in variables:
+                    var.history = SignalHistory(cfg.history.max_samples_per_signal, numeric=var.numeric)
+        self._history_nodes: dict[ua.NodeId, SignalHistory] = {}
         self._log = ProducedLog(limit=cfg.produced_limit, path=cfg.record_path)
         self._server: Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -207,6 +219,8 @@ class Simulator:
                 await server.register_namespace(uri)
             self._ns_index = await server.register_namespace(cfg.namespace_uri)
             await self._build_address_space(server, self._ns_index)
+            # Node ids change with the namespace index on a restart; the histories do not.
+            server.iserver.history_manager = HistoryService(server.iserver, self._history_nodes)
             self._server = server
             self._log.open()
             if not self.finished:
@@ -425,6 +439,7 @@ class Simulator:
 
     async def _build_address_space(self, server: Server, idx: int) -> None:
         objects = server.nodes.objects
+        self._history_nodes.clear()
         for asset, variables in zip(self._config.assets, self._assets, strict=True):
             obj = await objects.add_object(_node_id(asset.name, idx), ua.QualifiedName(asset.name, idx))
             await obj.add_property(idx, "AssetId", ua.Variant(asset.asset_id, _STRING))
@@ -438,6 +453,11 @@ class Simulator:
                 )
                 await node.add_property(idx, "Unit", ua.Variant(sig.unit, _STRING))
                 await node.add_property(idx, "SignalId", ua.Variant(sig.name, _STRING))
+                if var.history is not None:
+                    # What a client checks before HistoryRead (Part 3: AccessLevel, Historizing).
+                    await node.set_attr_bit(AttributeIds.AccessLevel, ua.AccessLevel.HistoryRead)
+                    await node.write_attribute(AttributeIds.Historizing, ua.DataValue(ua.Variant(True)))
+                    self._history_nodes[var.node_id] = var.history
                 # Not a sample: replaced by the first tick before the server listens.
                 await self._write(server, var.node_id, _data_value(ua.Variant(), _WAITING, None, None))
 
@@ -511,6 +531,9 @@ class Simulator:
                 result = await aspace.write_attribute_value(var.node_id, _VALUE, dv)
                 if not result.is_good():
                     raise SimulatorWriteError(var.node_id.to_string(), result.name)
+                if var.history is not None:
+                    value = reading.value if var.numeric else reading.value_text
+                    var.history.append(ts_us, now_us, value if reading.good else None, status.value)
                 samples.append(
                     ProducedSample(
                         var.asset_id, var.signal, ts_us, reading.value, reading.value_text, status.value

@@ -15,6 +15,14 @@
   agent's certificate, and the server certificate must be in the trust folder (or issued by a CA
   there). An untrusted server is refused with `UntrustedServerError`, never downgraded.
 
+Backfill (`backfill: true`, the default): on every (re)connect, the source asks the agent for the last
+source timestamp it took per signal (`resume_from`) and reads the server's history from just after
+it (HistoryRead, ReadRawModifiedDetails, at most `backfill_max_s` back, chunked to
+MaxNodesPerHistoryReadData) while the new subscription's notifications are held back; it emits the
+history first, then the held notifications newer than what the history gave, then goes live. So a
+restarted agent gets what the server produced while it was down, each sample once. A server or node
+without history answers with a Bad status: logged once per source, collection goes on live.
+
 Notifications are taken straight from the session's publish callback, one list of samples per
 PublishResponse: asyncua's handler mode creates an asyncio task per notification and its iterator
 mode drops events when its queue is full.
@@ -64,6 +72,7 @@ _US = dt.timedelta(microseconds=1)
 _MAX_NODES_PER_READ = 11705
 _MAX_MONITORED_ITEMS_PER_CALL = 11714
 _NAMESPACE_ARRAY = 2255
+_MAX_NODES_PER_HISTORY_READ_DATA = 12165
 # Monitored-item statuses that mean "this server will not monitor this node like that": poll it.
 _POLL_FALLBACK = frozenset(
     {
@@ -162,6 +171,10 @@ class OpcUaSourceStats:
     max_items_per_call: int = 0
     largest_read: int = 0
     largest_create: int = 0
+    backfilled: int = 0  # samples read from the server's history on (re)connect
+    backfill_overlap: int = 0  # held notifications dropped because the history already gave them
+    history_unsupported: int = 0  # nodes whose history read failed (last connection)
+    max_nodes_per_history_read: int = 0
     namespace_index: dict[str, int] = field(default_factory=dict)
     last_error: str = ""
 
@@ -200,6 +213,8 @@ class _Session:
         self.lost = asyncio.Event()
         self.last_publish = time.monotonic()
         self.subscription_id: int | None = None
+        # Notifications held back while the history is read (None: emit them at once).
+        self.held: list[list[RawSample]] | None = None
 
 
 class OpcUaSource:
@@ -222,6 +237,13 @@ class OpcUaSource:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self._session: _Session | None = None
         self._established = False
+        self._last_taken: Callable[[str, str], int | None] | None = None
+        self._history_warned = False
+
+    def resume_from(self, last_taken: Callable[[str, str], int | None]) -> None:
+        """Where backfill starts: `last_taken(asset_id, signal)` is the source timestamp (µs) of
+        the last sample the agent took for it (sealed, or about to be), None if none."""
+        self._last_taken = last_taken
 
     @property
     def name(self) -> str:
@@ -292,11 +314,18 @@ class OpcUaSource:
             parsed = self._parsed if self._parsed is not None else [_parse_node_id(p) for p in plan]
             node_ids = await self._resolve(client, plan, parsed)
             to_poll: list[tuple[int, Any]] = []
+            backfill = self.settings.backfill and self._last_taken is not None
+            if backfill:
+                session.held = []
             if self.settings.mode == "subscribe":
                 to_poll = await self._subscribe(client, session, plan, node_ids, emit)
             else:
                 to_poll = [(i, nid) for i, nid in enumerate(node_ids) if nid is not None]
             session.targets = [(p.asset_id, p.signal) for p in plan]
+            if backfill:
+                # Before the pollers start: a poll's current value must come after the history.
+                newest = await self._backfill(client, plan, node_ids, emit)
+                self._release_held(session, newest, emit)
             self.stats.polled = len(to_poll)
             self.metrics.nodes("subscribe", self.stats.subscribed)
             self.metrics.nodes("poll", self.stats.polled)
@@ -459,6 +488,14 @@ class OpcUaSource:
             items_cap = _cap(items_cap, per_call)
         self.stats.max_nodes_per_read = read_cap
         self.stats.max_items_per_call = items_cap
+        history_cap = self.settings.max_nodes_per_history_read
+        if self.settings.backfill:
+            with contextlib.suppress(Exception):  # not advertised: our cap
+                (advertised,) = await self._read_values(
+                    client, [ua.NodeId(_MAX_NODES_PER_HISTORY_READ_DATA, 0)], 1
+                )
+                history_cap = _cap(history_cap, advertised)
+        self.stats.max_nodes_per_history_read = history_cap
 
     async def _resolve(
         self, client: Any, plan: Sequence[PlannedNode], parsed: Sequence[_ParsedId]
@@ -709,9 +746,163 @@ class OpcUaSource:
             if out:
                 stats.samples += len(out)
                 metrics.samples(len(out))
-                emit(name, out)
+                held = session.held
+                if held is not None:
+                    held.append(out)
+                else:
+                    emit(name, out)
 
         return on_publish
+
+    # -- backfill from history -------------------------------------------------------------------
+
+    async def _backfill(
+        self, client: Any, plan: Sequence[PlannedNode], node_ids: Sequence[Any], emit: Emit
+    ) -> dict[tuple[str, str], int]:
+        """Emit what the server historized after the last sample taken per signal; return the newest
+        source timestamp emitted per (asset, signal)."""
+        last_taken = self._last_taken
+        newest: dict[tuple[str, str], int] = {}
+        if last_taken is None:
+            return newest
+        floor = time.time_ns() // 1000 - int(self.settings.backfill_max_s * 1_000_000)
+        todo: list[tuple[int, Any, int]] = []  # (plan index, node id, first ts wanted)
+        for i, nid in enumerate(node_ids):
+            last = last_taken(plan[i].asset_id, plan[i].signal) if nid is not None else None
+            if last is not None:
+                todo.append((i, nid, max(last + 1, floor)))
+        self.stats.history_unsupported = 0
+        unsupported: dict[str, list[str]] = {}
+        per_node = self.settings.backfill_values_per_read
+        count = 0
+        chunk = self.stats.max_nodes_per_history_read or self.settings.max_nodes_per_history_read
+        # Bounded: each round moves every node forward by up to `per_node` values.
+        for _ in range(100_000):
+            if not todo:
+                break
+            more: list[tuple[int, Any, int]] = []
+            for start in range(0, len(todo), chunk):
+                part = todo[start : start + chunk]
+                try:
+                    results = await self._history_read(client, part, per_node)
+                except self._ua.UaStatusCodeError as exc:
+                    # The whole service is refused (BadServiceUnsupported, BadHistoryOperation...).
+                    unsupported.setdefault(self._ua.StatusCode(exc.code).name, []).extend(
+                        plan[i].node_id for i, _, _ in part
+                    )
+                    continue
+                except (OSError, TimeoutError):
+                    raise  # the connection is gone: reconnect (and backfill again)
+                except Exception as exc:  # noqa: BLE001 - a server's odd answer must not stop live collection
+                    unsupported.setdefault(f"{type(exc).__name__}: {exc}", []).extend(
+                        plan[i].node_id for i, _, _ in part
+                    )
+                    continue
+                for (i, nid, first), res in zip(part, results, strict=True):
+                    if not res.StatusCode.is_good():
+                        unsupported.setdefault(res.StatusCode.name, []).append(plan[i].node_id)
+                        continue
+                    key = (plan[i].asset_id, plan[i].signal)
+                    values = list(getattr(res.HistoryData, "DataValues", None) or [])
+                    samples = self._history_samples(plan[i], values, max(first, newest.get(key, -1) + 1))
+                    if samples:
+                        newest[key] = samples[-1].ts_us
+                        count += len(samples)
+                        self.stats.backfilled += len(samples)
+                        self.metrics.samples(len(samples))
+                        emit(self.name, samples)
+                    if (res.ContinuationPoint or len(values) >= per_node) and values:
+                        # Continue by time after the last value read (stateless, whatever the server).
+                        more.append((i, nid, max(first, _us(values[-1].SourceTimestamp, first - 1) + 1)))
+                        if res.ContinuationPoint:
+                            await self._release_continuation(client, nid, res.ContinuationPoint)
+            todo = more
+        if unsupported:
+            self.stats.history_unsupported = sum(len(v) for v in unsupported.values())
+            if not self._history_warned:
+                self._history_warned = True
+                for status, nodes in unsupported.items():
+                    log.warning(
+                        "%s: no history for %d nodes (%s); collecting them live only: %s%s",
+                        self.name,
+                        len(nodes),
+                        status,
+                        ", ".join(nodes[:5]),
+                        " ..." if len(nodes) > 5 else "",
+                    )
+        if newest:
+            log.info(
+                "%s: backfilled %d samples of %d signals from history",
+                self.name,
+                count,
+                len(newest),
+            )
+        return newest
+
+    async def _history_read(
+        self, client: Any, part: Sequence[tuple[int, Any, int]], per_node: int
+    ) -> list[Any]:
+        """One HistoryRead of raw values for `part`, forward from the earliest first timestamp."""
+        ua = self._ua
+        details = ua.ReadRawModifiedDetails()
+        details.IsReadModified = False
+        details.StartTime = _EPOCH + min(first for _, _, first in part) * _US
+        # No end time: forward from the start, NumValuesPerNode at a time (Part 11, 6.4.3.2).
+        details.EndTime = ua.get_win_epoch()
+        details.NumValuesPerNode = per_node
+        details.ReturnBounds = False
+        params = ua.HistoryReadParameters()
+        params.HistoryReadDetails = details
+        params.TimestampsToReturn = ua.TimestampsToReturn.Both
+        params.ReleaseContinuationPoints = False
+        for _, nid, _ in part:
+            rv = ua.HistoryReadValueId()
+            rv.NodeId = nid
+            params.NodesToRead.append(rv)
+        return list(await client.uaclient.history_read(params))
+
+    async def _release_continuation(self, client: Any, nid: Any, point: bytes) -> None:
+        """We continue by timestamp instead; free what the server may hold for the point."""
+        ua = self._ua
+        params = ua.HistoryReadParameters()
+        params.HistoryReadDetails = ua.ReadRawModifiedDetails()
+        params.ReleaseContinuationPoints = True
+        rv = ua.HistoryReadValueId()
+        rv.NodeId = nid
+        rv.ContinuationPoint = point
+        params.NodesToRead.append(rv)
+        with contextlib.suppress(Exception):
+            await client.uaclient.history_read(params)
+
+    @staticmethod
+    def _history_samples(node: PlannedNode, values: Sequence[Any], first: int) -> list[RawSample]:
+        """History DataValues -> samples at or after `first`, in increasing source time."""
+        recv = time.time_ns() // 1000
+        out: list[RawSample] = []
+        after = first - 1
+        for dv in values:
+            ts = _us(dv.SourceTimestamp, -1)
+            if ts <= after:  # before the start (a shared start time) or not increasing
+                continue
+            after = ts
+            raw = dv.Value.Value if dv.Value is not None else None
+            if raw is None or isinstance(raw, bool | int | float):
+                value, text = (None if raw is None else float(raw)), None
+            else:
+                value, text = None, str(raw)
+            out.append(RawSample(node.asset_id, node.signal, ts, recv, value, text, int(dv.StatusCode.value)))
+        return out
+
+    def _release_held(self, session: _Session, newest: dict[tuple[str, str], int], emit: Emit) -> None:
+        """Emit the notifications held during backfill, minus those the history already gave; go live.
+
+        Synchronous, so no notification can slip between the held ones and the live ones."""
+        held, session.held = session.held or [], None
+        for out in held:
+            fresh = [s for s in out if s.ts_us > newest.get((s.asset_id, s.signal), -1)]
+            self.stats.backfill_overlap += len(out) - len(fresh)
+            if fresh:
+                emit(self.name, fresh)
 
     # -- polling ---------------------------------------------------------------------------------
 
