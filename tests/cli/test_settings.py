@@ -34,3 +34,25 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_settings(JobProcessSettings, bad, {})
+
+
+def test_kafka_security_from_settings_and_secret_files(tmp_path: Path) -> None:
+    from tidm.cli.wiring import build_transport
+    from tidm.ingest.transports import KafkaTransport
+
+    secret = tmp_path / "kafka-password"
+    secret.write_text("s3cr3t\n")
+    env = {
+        "TIDM_TRANSPORT__KIND": "kafka",
+        "TIDM_TRANSPORT__SECURITY__PROTOCOL": "SASL_PLAINTEXT",
+        "TIDM_TRANSPORT__SECURITY__USERNAME": "tidm-job",
+        "TIDM_TRANSPORT__SECURITY__PASSWORD_FILE": str(secret),
+    }
+    settings = load_settings(JobProcessSettings, None, env)
+    assert settings.transport.security.password is not None
+    assert settings.transport.security.password.get_secret_value().strip() == "s3cr3t"
+    transport = build_transport(settings.transport, client_id="t")
+    assert isinstance(transport, KafkaTransport)
+    options = transport.security.client_options()
+    assert options["security_protocol"] == "SASL_PLAINTEXT" and options["sasl_plain_username"] == "tidm-job"
+    assert "s3cr3t" not in repr(settings) and "s3cr3t" not in repr(transport)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from tidm.edge_agent.config import AgentSettings, HealthSettings
 from tidm.errors import Terminal, TidmError
@@ -36,6 +36,20 @@ class ConfigError(TidmError, Terminal):
     """A settings file or variable is invalid; the message names the file and the field."""
 
 
+class KafkaSecuritySettings(BaseModel):
+    """TLS and SASL to the Kafka cluster (files from /run/secrets; the password via `..._FILE`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
 class TransportSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -43,6 +57,7 @@ class TransportSettings(BaseModel):
     bootstrap: str = "127.0.0.1:9092"
     path: Path = Path("tidm-log")
     partitions: int = Field(default=4, ge=1)
+    security: KafkaSecuritySettings = KafkaSecuritySettings()
 
 
 class EvidenceSettings(BaseModel):

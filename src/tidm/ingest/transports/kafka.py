@@ -226,6 +226,11 @@ class KafkaTransport:
     def __repr__(self) -> str:
         return f"KafkaTransport({self._settings.bootstrap!r}, client_id={self._settings.client_id!r})"
 
+    @property
+    def security(self) -> KafkaSecurity:
+        """How this transport reaches the cluster (the password is kept out of its repr)."""
+        return self._settings.security
+
     def producer(self) -> KafkaProducer:
         return KafkaProducer(self._settings)
 
