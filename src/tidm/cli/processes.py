@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 from tidm.cli.settings import AgentProcessSettings, ConfigError, JobProcessSettings, load_settings
 from tidm.cli.wiring import build_transport
 from tidm.edge_agent import Agent, AgentStats
+from tidm.edge_agent.config import HealthSettings
 from tidm.edge_agent.desensitize import Desensitizer
 from tidm.edge_agent.health import HealthServer
 from tidm.edge_agent.metrics import AgentMetrics
@@ -47,7 +51,9 @@ async def run_agent(settings: AgentProcessSettings, *, stop: asyncio.Event | Non
     desensitizer = Desensitizer.from_settings(settings.agent)
     transport = build_transport(settings.transport, client_id=settings.agent.agent_id)
     await transport.ensure_topics([settings.agent.topic], partitions=settings.transport.partitions)
-    evidence = SqliteEvidenceLog(settings.evidence.path)
+    # Group commit: the agent syncs the log before its spool deletes sent batches and when it stops
+    # (a crash of the process loses nothing; a power cut loses no entry whose batch file is gone).
+    evidence = SqliteEvidenceLog(settings.evidence.path, durability="process")
     # Sources report through `metrics.source(name)`: samples, connection state, reconnects, quarantine.
     metrics = AgentMetrics()
     sources: list[Source] = [OpcUaSource(s, metrics=metrics.source(s.endpoint)) for s in settings.agent.opcua]
@@ -175,6 +181,7 @@ async def run_job(
         quarantine = TopicQuarantine(producer, evidence, actor=actor)
     else:
         quarantine = FolderQuarantine(settings.quarantine_path, evidence, actor=actor)
+    health: HealthServer | None = None
     try:
         runner = JobRunner(
             spec,
@@ -185,10 +192,49 @@ async def run_job(
             quarantine=quarantine,
             producer=producer,
         )
+        health = await serve_health(
+            settings.health,
+            prefix="tidm_job",
+            readiness=lambda: {"running": not stop.is_set()},
+            stats=lambda: _numbers(runner.stats),
+        )
         return await runner.run(stop)
     finally:
+        if health is not None:
+            await health.close()
         await producer.stop()
         evidence.close()
+
+
+async def serve_health(
+    health: HealthSettings,
+    *,
+    prefix: str,
+    readiness: Callable[[], Mapping[str, bool]],
+    stats: Callable[[], Mapping[str, float]],
+) -> HealthServer | None:
+    """/healthz, /readyz and /metrics for a process whose counters are the fields of a stats object."""
+    if health.port is None:
+        return None
+    registry = CollectorRegistry()
+
+    class _Stats:
+        def collect(self) -> Iterator[GaugeMetricFamily]:
+            for name, value in stats().items():
+                yield GaugeMetricFamily(f"{prefix}_{name}", f"{prefix} {name.replace('_', ' ')}", value=value)
+
+    registry.register(_Stats())
+    server = HealthServer(
+        host=health.host, port=health.port, readiness=readiness, metrics=lambda: generate_latest(registry)
+    )
+    await server.start()
+    return server
+
+
+def _numbers(stats: object) -> dict[str, float]:
+    return {
+        k: float(v) for k, v in vars(stats).items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 def keygen(agent_id: str, out: Path, trust_file: Path | None) -> str:

@@ -85,6 +85,8 @@ class JobProcessSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     job: dict[str, Any] | None = None
+    # Off unless a port is set: several jobs on one host would share the agent's default port.
+    health: HealthSettings = HealthSettings(port=None)
     transport: TransportSettings = TransportSettings()
     evidence: EvidenceSettings = EvidenceSettings()
     lake: LakeSettings = LakeSettings()
@@ -118,6 +120,7 @@ class NotaryProcessSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     notary: NotarySection = NotarySection()
+    health: HealthSettings = HealthSettings(port=None)
     transport: TransportSettings = TransportSettings()
     store: EvidenceStoreSettings = EvidenceStoreSettings()
 

@@ -36,6 +36,7 @@ def build_store(settings: NotaryProcessSettings) -> EvidenceLog:
 
 async def run_notary(settings: NotaryProcessSettings, *, stop: asyncio.Event | None = None) -> NotaryStats:
     """Run the notary until SIGINT/SIGTERM (or `stop`); a last checkpoint is signed on the way out."""
+    from tidm.cli.processes import serve_health
     from tidm.cli.wiring import build_transport
     from tidm.evidence import load_signer
     from tidm.ingest.evidence_sink import Notary
@@ -59,7 +60,17 @@ async def run_notary(settings: NotaryProcessSettings, *, stop: asyncio.Event | N
             checkpoint_interval_s=section.checkpoint_interval_s,
             origin=section.origin,
         )
-        return await sequencer.run(stop)
+        health = await serve_health(
+            settings.health,
+            prefix="tidm_notary",
+            readiness=lambda: {"running": not stop.is_set()},
+            stats=lambda: {k: float(v) for k, v in vars(sequencer.stats).items() if isinstance(v, int)},
+        )
+        try:
+            return await sequencer.run(stop)
+        finally:
+            if health is not None:
+                await health.close()
     finally:
         store.close()
 
