@@ -45,6 +45,14 @@ class OpcUaSourceSettings(BaseModel):
     private_key: Path | None = None
     trust_folder: Path | None = None
     application_uri: str = "urn:tidm:agent"
+    # On every (re)connect, HistoryRead what the server kept since the last sample the agent took per
+    # signal (at most `backfill_max_s` back), before live notifications: a restart, a crash or an
+    # outage then loses nothing the server historized. Servers without history: logged, live only.
+    backfill: bool = True
+    backfill_max_s: float = Field(default=3600.0, gt=0)
+    # Caps per HistoryRead call (the node cap is also bounded by MaxNodesPerHistoryReadData).
+    max_nodes_per_history_read: int = Field(default=100, ge=1)
+    backfill_values_per_read: int = Field(default=1000, ge=1)
 
     @model_validator(mode="after")
     def _secure_needs_files(self) -> OpcUaSourceSettings:
