@@ -14,6 +14,7 @@ apply, for the batch's provenance and the agent's CREATE evidence entry.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import time
@@ -87,6 +88,23 @@ class _Plan:
     level: Level
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What a batch's (asset, signal) dictionaries resolve to, computed once per pair of dictionaries."""
+
+    groups: tuple[_Plan, ...]  # one per distinct (action, rule)
+    lut_group: np.ndarray  # group of each (asset index * n_sig + signal index)
+    lut_level: np.ndarray  # MIIT level of each pair
+    n_sig: int
+    untouched: bool  # every pair passes: the batch can leave as it is
+
+
+# Bounds of the per-Desensitizer caches: dictionaries seen (a source's batches reuse a few) and
+# replacement texts (a plant's distinct operator ids, batch codes, ... stay well below this).
+_LAYOUT_CACHE = 1024
+_TEXT_CACHE = 65536
+
+
 class Desensitizer:
     """Applies one policy, with a classification map and pseudonymization keys, to samples batches."""
 
@@ -109,6 +127,9 @@ class Desensitizer:
         self._epoch = epoch
         self._clock_us = clock_us or (lambda: time.time_ns() // 1000)
         self._plans: dict[tuple[str, str], _Plan] = {}
+        self._layouts: dict[tuple[tuple[str, ...], tuple[str, ...]], _Layout] = {}
+        # Replacement text per (rule, key id) spec, memoized across batches (an LRU per spec).
+        self._rewriters: dict[tuple[int, str], Callable[[str], str]] = {}
         self.policy_hash = policy.sha256
         # Fail at start, not on the first batch, when a key the policy names is missing.
         now = self._clock_us()
@@ -152,65 +173,94 @@ class Desensitizer:
             self._plans[(asset_id, signal)] = cached
         return cached
 
-    def apply(self, table: pa.Table) -> DesensitizeResult:
-        """Desensitize a samples table (the canonical samples schema)."""
-        n = table.num_rows
-        asset = table.column("asset_id").combine_chunks()
-        signal = table.column("signal").combine_chunks()
-        assets, signals = asset.dictionary.to_pylist(), signal.dictionary.to_pylist()
+    def _layout(self, assets: tuple[str, ...], signals: tuple[str, ...]) -> _Layout:
+        """The rule group and level of every (asset, signal) pair of two dictionaries (cached)."""
+        key = (assets, signals)
+        cached = self._layouts.get(key)
+        if cached is not None:
+            return cached
         n_sig = max(len(signals), 1)
-        # A lookup table over the (asset, signal) combinations of the dictionaries (a batch has few):
-        # the rule group and the level of each. Rows are grouped by rule, not by signal, so the column
-        # work below runs once per rule whatever the number of signals it covers.
-        rules: list[_Plan] = []
+        # Rows are grouped by rule, not by signal, so the column work runs once per rule whatever
+        # the number of signals it covers.
+        groups: list[_Plan] = []
         group_of: dict[tuple[str, int], int] = {}
         size = max(len(assets) * n_sig, 1)
-        lut_plan = np.zeros(size, dtype=np.int32)
+        lut_group = np.zeros(size, dtype=np.int32)
         lut_level = np.zeros(size, dtype=np.int8)
         for ai, asset_id in enumerate(assets):
             for si, name in enumerate(signals):
                 p = self._plan(asset_id, name)
-                group = group_of.setdefault((p.action, id(p.rule)), len(rules))
-                if group == len(rules):
-                    rules.append(p)
-                lut_plan[ai * n_sig + si] = group
+                group = group_of.setdefault((p.action, id(p.rule)), len(groups))
+                if group == len(groups):
+                    groups.append(p)
+                lut_group[ai * n_sig + si] = group
                 lut_level[ai * n_sig + si] = p.level.miit
-        pair = signal.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        if len(assets) > 1:
-            pair += asset.indices.to_numpy(zero_copy_only=False).astype(np.int64) * n_sig
-        row_plan = lut_plan[pair]
-        hits_of = np.bincount(row_plan, minlength=len(rules)) if n else np.zeros(len(rules), dtype=np.int64)
+        layout = _Layout(tuple(groups), lut_group, lut_level, n_sig, all(g.action == "pass" for g in groups))
+        if len(self._layouts) >= _LAYOUT_CACHE:
+            self._layouts.clear()  # dictionaries that change all the time: recompute, stay bounded
+        self._layouts[key] = layout
+        return layout
 
-        value = table.column("value").combine_chunks()
-        text = table.column("value_text").combine_chunks()
-        ts = table.column("ts").combine_chunks()
-        recv = table.column("recv_ts").combine_chunks()
+    def _rewriter(self, rule: Rule, now_us: int, key_ids: set[str]) -> Callable[[str], str]:
+        """The text replacement of a mask/pseudonymize rule, memoized across batches."""
+        key_id = ""
+        if rule.action == "pseudonymize":
+            assert rule.key is not None  # noqa: S101 - the policy validator requires a key
+            k = self.keys.active(rule.key, at_us=now_us, epoch=self._epoch)
+            key_id = k.key_id
+            key_ids.add(key_id)
+        spec = (id(rule), key_id)
+        fn = self._rewriters.get(spec)
+        if fn is None:
+            base = _pseudonymizer(k.secret, rule) if key_id else _masker(rule)
+            fn = functools.lru_cache(maxsize=_TEXT_CACHE)(base)
+            self._rewriters[spec] = fn
+        return fn
+
+    def apply(self, table: pa.Table) -> DesensitizeResult:
+        """Desensitize a samples table (the canonical samples schema)."""
+        n = table.num_rows
+        asset = _one_chunk(table.column("asset_id"))
+        signal = _one_chunk(table.column("signal"))
+        layout = self._layout(tuple(asset.dictionary.to_pylist()), tuple(signal.dictionary.to_pylist()))
+        pair = signal.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        if len(asset.dictionary) > 1:
+            pair = pair + asset.indices.to_numpy(zero_copy_only=False).astype(np.int64) * layout.n_sig
+        counts: dict[str, int] = dict.fromkeys(ACTIONS, 0)
+        if layout.untouched:
+            # No rule changes this batch: it leaves as it came, without a copy.
+            counts["pass"] = n
+            return self._result(table, counts, set(), layout, pair, n)
+
+        row_group = layout.lut_group[pair]
+        hits_of = np.bincount(row_group, minlength=len(layout.groups))
+        value = _one_chunk(table.column("value"))
+        text = _one_chunk(table.column("value_text"))
         value_valid: np.ndarray | None = None
         text_valid: np.ndarray | None = None
         keep: np.ndarray | None = None
-        counts: dict[str, int] = dict.fromkeys(ACTIONS, 0)
         key_ids: set[str] = set()
         now_us = self._clock_us()
-
         values_np: np.ndarray | None = None
-        rewrite: _TextRewrite | None = None
+        values_changed = False
         ts_np: np.ndarray | None = None
         recv_np: np.ndarray | None = None
+        rewrite: _TextRewrite | None = None
 
-        for index, p in enumerate(rules):
+        for index, p in enumerate(layout.groups):
             hits = int(hits_of[index])
             if not hits:
                 continue
             counts[p.action] += hits
             if p.action == "pass":
                 continue
-            rows = row_plan == index
+            rows = row_group == index
             if p.action == "drop":
                 keep = ~rows if keep is None else keep & ~rows
                 continue
             if value_valid is None or text_valid is None:
-                value_valid = value.is_valid().to_numpy(zero_copy_only=False)
-                text_valid = text.is_valid().to_numpy(zero_copy_only=False)
+                value_valid = _validity(value)
+                text_valid = _validity(text)
             rule = p.rule
             assert rule is not None  # noqa: S101 - only `pass`/`drop` may be a default without a rule
             if p.action == "generalize":
@@ -219,23 +269,18 @@ class Desensitizer:
                         values_np = value.to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
                     sel = rows & value_valid
                     values_np[sel] = _generalize(values_np[sel], rule)
+                    values_changed = True
                 if rule.time_step_ms is not None:
                     step_us = rule.time_step_ms * 1000
                     if ts_np is None:
-                        ts_np = pc.cast(ts, pa.int64()).to_numpy(zero_copy_only=False).copy()
-                        recv_np = pc.cast(recv, pa.int64()).to_numpy(zero_copy_only=False).copy()
+                        ts_np = _micros(table.column("ts"))
+                        recv_np = _micros(table.column("recv_ts"))
                     assert recv_np is not None  # noqa: S101 - set together with ts_np
                     ts_np[rows] -= ts_np[rows] % step_us
                     recv_np[rows] -= recv_np[rows] % step_us
                 continue
             # mask / pseudonymize: text replaced per distinct value; numbers become text, value null.
-            if p.action == "pseudonymize":
-                assert rule.key is not None  # noqa: S101 - the policy validator requires a key
-                k = self.keys.active(rule.key, at_us=now_us, epoch=self._epoch)
-                key_ids.add(k.key_id)
-                fn = _pseudonymizer(k.secret, rule)
-            else:
-                fn = _masker(rule)
+            fn = self._rewriter(rule, now_us, key_ids)
             text_rows = rows & text_valid
             num_rows = rows & value_valid
             if text_rows.any():
@@ -248,27 +293,41 @@ class Desensitizer:
                 rewrite.set_numbers(num_rows, values_np[num_rows], fn)
                 value_valid = value_valid & ~num_rows
                 values_np[num_rows] = np.nan
+                values_changed = True
 
-        if values_np is not None and value_valid is not None:
+        if values_changed and values_np is not None and value_valid is not None:
             value = pa.array(values_np, type=pa.float64(), mask=~value_valid)
+        # Only the columns that changed are replaced; the others stay as they came (no copy).
+        changed: dict[str, pa.Array] = {}
+        if values_changed:
+            changed["value"] = value
         if rewrite is not None:
-            text = rewrite.result()
+            changed["value_text"] = rewrite.result()
         if ts_np is not None:
-            ts = pa.array(ts_np, type=pa.int64()).cast(_TS)
-            recv = pa.array(recv_np, type=pa.int64()).cast(_TS)
-        out = _assemble(table, ts, recv, value, text, keep)
-        kept = pair if keep is None else pair[keep]
-        present = np.bincount(kept, minlength=size).astype(bool)
-        level = Level.from_miit(int(lut_level[present].max())) if kept.size else None
+            changed["ts"] = pa.array(ts_np, type=pa.int64()).cast(_TS)
+            changed["recv_ts"] = pa.array(recv_np, type=pa.int64()).cast(_TS)
+        out = _assemble(table, changed, keep)
+        return self._result(out, counts, key_ids, layout, pair if keep is None else pair[keep], n)
+
+    def _result(
+        self,
+        table: pa.Table,
+        counts: dict[str, int],
+        key_ids: set[str],
+        layout: _Layout,
+        kept: np.ndarray,
+        samples_in: int,
+    ) -> DesensitizeResult:
+        level = Level.from_miit(int(layout.lut_level[kept].max())) if kept.size else None
         return DesensitizeResult(
-            table=out,
+            table=table,
             counts=counts,
             key_ids=tuple(sorted(key_ids)),
             level=level,
             policy_id=self.policy.id,
             policy_version=self.policy.version,
             policy_hash=self.policy_hash,
-            samples_in=n,
+            samples_in=samples_in,
         )
 
 
@@ -308,16 +367,39 @@ def _masker(rule: Rule) -> Callable[[str], str]:
     return mask
 
 
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def _validity(array: pa.Array) -> np.ndarray:
+    """Which rows are not null, as a bool array (read from the validity bitmap)."""
+    n = len(array)
+    bitmap = array.buffers()[0]
+    if array.null_count == 0 or bitmap is None:
+        return np.full(n, array.null_count == 0, dtype=bool)
+    bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little", count=array.offset + n)
+    valid: np.ndarray = bits[array.offset :].astype(bool)
+    return valid
+
+
+def _micros(column: pa.ChunkedArray) -> np.ndarray:
+    """A timestamp column as a writable int64 array of µs."""
+    micros: np.ndarray = pc.cast(_one_chunk(column), pa.int64()).to_numpy(zero_copy_only=False).copy()
+    return micros
+
+
 class _TextRewrite:
     """Rewrites rows of a string column through its distinct values: one hash pass, one final take."""
 
     def __init__(self, col: pa.Array, valid: np.ndarray) -> None:
-        self._col = col
         encoded = pc.dictionary_encode(col)
         self._distinct: list[str] = encoded.dictionary.to_pylist()
-        self._idx = pc.fill_null(encoded.indices, 0).to_numpy(zero_copy_only=False)
+        indices = encoded.indices
+        # Read the indices buffer directly: slots of null rows hold some index, never used below.
+        raw = np.frombuffer(indices.buffers()[1], dtype=np.int32, count=indices.offset + len(indices))
+        self._idx = raw[indices.offset :]
         self._values: list[str] = list(self._distinct)
-        self._out = self._idx.astype(np.int64, copy=True)
+        self._out = self._idx.astype(np.int64)
         self._valid = valid.copy()
 
     def replace(self, rows: np.ndarray, fn: Callable[[str], str]) -> None:
@@ -343,17 +425,11 @@ class _TextRewrite:
         return values.take(pa.array(self._out, mask=~self._valid))
 
 
-def _assemble(
-    table: pa.Table, ts: pa.Array, recv: pa.Array, value: pa.Array, text: pa.Array, keep: np.ndarray | None
-) -> pa.Table:
-    columns = {
-        "ts": ts,
-        "recv_ts": recv,
-        "value": value,
-        "value_text": text,
-    }
-    arrays = [columns.get(f.name, table.column(f.name)) for f in table.schema]
-    out = pa.Table.from_arrays(arrays, schema=table.schema)
+def _assemble(table: pa.Table, changed: Mapping[str, pa.Array], keep: np.ndarray | None) -> pa.Table:
+    out = table
+    for name, array in changed.items():
+        i = out.schema.get_field_index(name)
+        out = out.set_column(i, out.schema.field(i), array)
     if keep is None:
         return out
     out = out.filter(pa.array(keep))

@@ -42,7 +42,7 @@ import os
 import struct
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -534,6 +534,10 @@ class DiskSpool(_Base):
         self._held = 0  # bytes of batches kept in memory for sending
         self._recovered: list[tuple[Provenance, str]] = []
         self._closed = False
+        # Called (on the event loop) before a group write deletes the files of sent batches: the
+        # agent syncs its evidence log there (opened with durability="process", appends are not
+        # fsynced one by one), so a batch's evidence is durable before its local copy is gone.
+        self.before_delete: Callable[[], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: SpoolSettings, *, evidence: EvidenceLog, actor: str) -> DiskSpool:
@@ -710,6 +714,8 @@ class DiskSpool(_Base):
                     continue
                 first = group[0][0].number
                 obsolete = [g for g in self._groups.values() if g.sent]
+                if obsolete and self.before_delete is not None:
+                    self.before_delete()
                 await asyncio.to_thread(self._write_group, first, group, [g.first for g in obsolete])
                 for g in obsolete:
                     del self._groups[g.first]

@@ -28,8 +28,7 @@ from tidm.evidence import merkle
 from tidm.evidence.api import EvidenceEntry, LoggedEntry
 from tidm.evidence.checkpoint import Checkpoint, Signer, sign_checkpoint
 from tidm.evidence.entry import (
-    _parse_entry,
-    canonical_bytes,
+    canonical_entry,
     entries_from_canonical,
     entry_from_canonical,
     is_digest,
@@ -81,8 +80,8 @@ _Prepared = tuple[bytes, bytes, EvidenceEntry]
 
 
 def _prepare(entry: EvidenceEntry) -> _Prepared:
-    canonical = canonical_bytes(entry)
-    return canonical, merkle.leaf_hash(canonical), _parse_entry(canonical)
+    canonical, normalized = canonical_entry(entry)
+    return canonical, merkle.leaf_hash(canonical), normalized
 
 
 class SqliteEvidenceLog:
@@ -90,6 +89,11 @@ class SqliteEvidenceLog:
 
     One instance may be shared by threads; several processes may open the same file. `timeout` is how
     long to wait for another writer before raising `StoreError` (transient).
+
+    A caller with a natural commit point (a job committing offsets, an agent deleting sent batches)
+    opens the log with `durability="process"` and calls `sync()` just before that point: the same
+    guarantee where it matters, one fsync per commit instead of one per append. Append all entries
+    of one step (e.g. one landing) in a single `append` call: one transaction.
     """
 
     def __init__(
@@ -243,7 +247,8 @@ class SqliteEvidenceLog:
             input_rows.extend((digest, index) for digest in dict.fromkeys(entry.inputs))
             logged.append(LoggedEntry(index, entry, canonical, leaf))
         db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", entry_rows)
-        db.executemany("INSERT INTO inputs (input, idx) VALUES (?, ?)", input_rows)
+        if input_rows:  # CREATE entries have none: skip the round trip
+            db.executemany("INSERT INTO inputs (input, idx) VALUES (?, ?)", input_rows)
         db.executemany("INSERT INTO tree (level, idx, hash) VALUES (?, ?, ?)", node_rows)
         self._pending = (frontier.size, frontier.hashes())
         return logged

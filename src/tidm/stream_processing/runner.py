@@ -40,6 +40,14 @@ signal, ts, seq) and rows generated from it (gap fill, resampling; or any row of
 output equals an uninterrupted run's as long as message timestamps of a partition do not go back
 by more than the look-back (true for LogAppendTime, and for CreateTime of one agent per key).
 
+Landing pipeline: a closed unit is queued on its partition; planning (selection, steps, cuts) runs
+in a thread, one unit after another per partition, while the partition's worker lands the units in
+offset order, so commits of a partition stay in order and each follows its own objects and
+evidence. Partitions land concurrently, and planning the next unit overlaps landing the current one
+(pyarrow, zstd and hashing release the GIL). At most `_DEPTH` units per partition are in flight;
+closing one more waits. A stop lands the closed units first; an error halts the workers after the
+landing in flight and is raised from `run`.
+
 Backpressure: a transient lake failure (`LakeUnavailable`) pauses the partition and retries the
 same unit with capped exponential back-off; nothing is committed until it lands, and other
 partitions go on.
@@ -58,8 +66,8 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import defaultdict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +107,12 @@ HEADER_INPUTS = "tidm-inputs"
 HEADER_SOURCE = "tidm-source"
 _BACKOFF_MIN_S = 0.2
 _BACKOFF_MAX_S = 10.0
+# Closed units per partition that may be planned or landing at once. Units of a partition land one
+# after another (commits stay in offset order); planning the next overlaps the landing of the
+# current one, and partitions land concurrently (pyarrow and zstd release the GIL).
+# At `_DEPTH`, closing another unit waits for the oldest to land (bounded memory). The partition
+# is not paused instead: a resumed partition waits for a new fetch, which costs more than the wait.
+_DEPTH = 3
 
 
 @dataclass(frozen=True)
@@ -191,6 +205,17 @@ class _Unit:
     objects: list[_Object]
     publish: list[_Publish]
     intent: LandingIntent | None
+    rows_in: int = 0
+    rows_unselected: int = 0
+
+
+@dataclass
+class _Queued:
+    """A closed unit of a partition waiting to land: its plan (a task) and how many messages it holds."""
+
+    plan: asyncio.Future[_Unit]
+    messages: int
+    counted: bool = False
 
 
 @dataclass
@@ -208,22 +233,38 @@ class _Partition:
     inbox: list[Message] = field(default_factory=list)  # fetched (not verified) while `pending`
     retry_at: float = 0.0
     backoff: float = _BACKOFF_MIN_S
+    queue: deque[_Queued] = field(default_factory=deque)  # closed units, landed in order by `worker`
+    worker: asyncio.Task[None] | None = None
+    landing: bool = False  # the worker is inside `_land` (a revocation waits for it to commit)
+    refused: bool = False  # the last landing attempt was refused by the lake
+    recovered: bool = False  # the pending unit landed: the poll loop replays what waited behind it
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-def _ipc_bytes(table: pa.Table) -> bytes:
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    # A plan whose unit is dropped (revocation, halt) may end in an error nobody awaits: read it here.
+    if not future.cancelled():
+        future.exception()
+
+
+def _ipc_buffer(table: pa.Table) -> pa.Buffer:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
         writer.write_table(table)
-    return bytes(sink.getvalue().to_pybytes())
+    return sink.getvalue()
+
+
+def _ipc_bytes(table: pa.Table) -> bytes:
+    return bytes(_ipc_buffer(table).to_pybytes())
 
 
 def _table_digest(table: pa.Table) -> str:
     """SHA-256 of a table's Arrow IPC bytes: the identity of an intermediate (clean) batch."""
-    return hashlib.sha256(_ipc_bytes(table)).hexdigest()
+    return hashlib.sha256(_ipc_buffer(table)).hexdigest()  # hashed in place, no copy to bytes
 
 
 def _by_date(table: pa.Table, default: dt.date) -> list[tuple[dt.date, pa.Table]]:
@@ -232,8 +273,11 @@ def _by_date(table: pa.Table, default: dt.date) -> list[tuple[dt.date, pa.Table]
     if "ts" not in table.column_names:
         return [(default, table)]
     days = pc.cast(table.column("ts"), pa.date32())
+    unique = pc.unique(days).to_pylist()
+    if len(unique) == 1 and unique[0] is not None:
+        return [(unique[0], table)]  # one day (the usual case): no copy through a filter
     out = []
-    for day in pc.unique(days).to_pylist():
+    for day in unique:
         out.append((day, table.filter(pc.equal(days, pa.scalar(day, pa.date32())))))
     return sorted(out, key=lambda p: p[0])
 
@@ -341,8 +385,8 @@ class JobRunner:
         self._consumer: Consumer | None = None
         self._parts: dict[TopicPartition, _Partition] = {}
         self._fresh: set[TopicPartition] = set()
-        self._landing = asyncio.Lock()
         self._inflight = 0  # messages of units being planned or landed
+        self._halting = False  # workers stop after the landing in flight (an error is propagating)
         self.stats = JobStats()
 
     # -- public --
@@ -366,10 +410,16 @@ class JobRunner:
         )
         self._consumer = consumer
         await consumer.start()
+        self._halting = False
         try:
             while not stop.is_set():
                 await self.poll_once(consumer)
+            # Closed units land (as they would have without the pipeline); open ones are left.
+            await self._drain()
+            self._raise_failed()
         finally:
+            self._halting = True
+            await self._drain()
             await consumer.stop()
             self._consumer = None
             if own_producer is not None:
@@ -378,7 +428,8 @@ class JobRunner:
         return self.stats
 
     async def poll_once(self, consumer: Consumer) -> None:
-        """One round: retry what the sink refused, fetch, verify, cut and land closed units."""
+        """One round: resume what the sink held up, fetch, verify, cut units and hand them to landing."""
+        self._raise_failed()
         await self._retry_pending(consumer)
         fetched = await consumer.getmany(timeout_ms=self._poll_timeout_ms, max_records=self.spec.max_records)
         await self._setup_fresh(consumer)
@@ -409,24 +460,26 @@ class JobRunner:
         self._fresh.update(tps)
 
     async def _on_revoke(self, tps: frozenset[TopicPartition]) -> None:
-        # Wait for a landing in flight, so it commits before the partition goes to its next owner.
-        async with self._landing:
-            for tp in tps:
-                part = self._parts.pop(tp, None)
-                self._fresh.discard(tp)
-                if part is not None and (part.open or part.pending):
-                    log.info(
-                        "%s: revoked with %d message(s) not landed; the next owner re-reads",
-                        tp,
-                        len(part.open),
-                    )
+        for tp in tps:
+            part = self._parts.pop(tp, None)
+            self._fresh.discard(tp)
+            if part is None:
+                continue
+            if part.open or part.queue:
+                log.info(
+                    "%s: revoked with %d message(s) not landed; the next owner re-reads",
+                    tp,
+                    len(part.open) + sum(q.messages for q in part.queue),
+                )
+            # Wait for a landing in flight, so it commits before the partition goes to its next owner.
+            await self._stop_worker(part)
 
     async def _setup_fresh(self, consumer: Consumer) -> None:
         assigned = consumer.assignment()
         # A transport without callbacks (or a missed one) is caught by comparing assignments.
         for tp in list(self._parts):
             if tp not in assigned:
-                del self._parts[tp]
+                await self._stop_worker(self._parts.pop(tp))
         fresh = (self._fresh | (assigned - self._parts.keys())) & assigned
         self._fresh.clear()
         for tp in sorted(fresh):
@@ -577,15 +630,111 @@ class JobRunner:
         if not records:
             return
         context = self._context(part, records[0])
+        if self._lookback_ms > 0:
+            part.history.extend(records)
         forced = self._forced_for(part, records[0].offset)
+        while len(part.queue) >= _DEPTH and part.worker is not None and not part.worker.done():
+            part.changed.clear()
+            await part.changed.wait()
+        self._raise_failed()
+        if self._parts.get(part.tp) is not part:
+            return  # revoked while waiting: the next owner reads the unit again
+        previous = part.queue[-1].plan if part.queue else None
+        plan = asyncio.ensure_future(self._plan_after(previous, part.tp, records, context, forced))
+        plan.add_done_callback(_retrieve)
+        part.queue.append(_Queued(plan, len(records)))
         self._inflight += len(records)
+        self._start_worker(consumer, part)
+
+    async def _plan_after(
+        self,
+        previous: asyncio.Future[_Unit] | None,
+        tp: TopicPartition,
+        records: Sequence[_Received],
+        context: Sequence[_Received],
+        intent: LandingIntent | None,
+    ) -> _Unit:
+        """Plan a unit in a thread after the partition's previous one (steps see units in order)."""
+        if previous is not None:
+            await asyncio.wait([previous])
+        return await asyncio.to_thread(self._plan, tp, records, context, intent)
+
+    # -- the landing pipeline --
+
+    def _start_worker(self, consumer: Consumer, part: _Partition) -> None:
+        if part.worker is None or part.worker.done():
+            if part.worker is not None and part.worker.done() and not part.worker.cancelled():
+                if part.worker.exception() is not None:
+                    return  # the failure is raised by the poll loop
+            part.worker = asyncio.create_task(self._work(consumer, part))
+            part.worker.add_done_callback(_retrieve)  # raised by `_raise_failed`, never just logged
+
+    async def _work(self, consumer: Consumer, part: _Partition) -> None:
+        """Land the partition's closed units one after another; retry a refused one after its back-off."""
         try:
-            unit = await asyncio.to_thread(self._plan, part.tp, records, context, forced)
-            if self._lookback_ms > 0:
-                part.history.extend(records)
-            await self._land(consumer, part, unit)
+            while part.queue and not self._halting and self._parts.get(part.tp) is part:
+                head = part.queue[0]
+                unit = await head.plan
+                if not head.counted:
+                    head.counted = True
+                    self.stats.rows_in += unit.rows_in
+                    self.stats.rows_unselected += unit.rows_unselected
+                if self._halting or self._parts.get(part.tp) is not part:
+                    return
+                retry = part.pending is unit
+                part.refused = False
+                part.landing = True
+                try:
+                    await self._land(consumer, part, unit)
+                finally:
+                    part.landing = False
+                if part.refused:
+                    # Paused by `_land`; what arrives meanwhile waits behind the unit (held, inbox).
+                    await asyncio.sleep(max(0.0, part.retry_at - time.monotonic()))
+                    continue
+                part.queue.popleft()
+                self._inflight -= head.messages
+                part.changed.set()
+                if retry:
+                    log.info("%s: lake back; resuming the partition", part.tp)
+                    part.recovered = True
+                    try:
+                        consumer.resume([part.tp])
+                    except NotAssignedError:
+                        return
         finally:
-            self._inflight -= len(records)
+            part.changed.set()
+
+    async def _stop_worker(self, part: _Partition) -> None:
+        """Let a landing in flight finish (it commits); drop the units not started."""
+        worker = part.worker
+        if worker is not None and not worker.done():
+            if not part.landing:
+                worker.cancel()
+            await asyncio.wait([worker])
+        self._inflight -= sum(q.messages for q in part.queue)
+        part.queue.clear()
+        part.changed.set()
+
+    async def _drain(self) -> None:
+        """Wait for every partition's closed units to land (or, when halting, for landings in flight)."""
+        for part in list(self._parts.values()):
+            worker = part.worker
+            if worker is None or worker.done():
+                continue
+            if self._halting or part.pending is not None:
+                if not part.landing:
+                    worker.cancel()
+            await asyncio.wait([worker])
+
+    def _raise_failed(self) -> None:
+        """Re-raise an error of a landing worker (a crash of the job, not a refusal of the sink)."""
+        for part in self._parts.values():
+            worker = part.worker
+            if worker is not None and worker.done() and not worker.cancelled():
+                exc = worker.exception()
+                if exc is not None:
+                    raise exc
 
     def _forced_for(self, part: _Partition, first: int) -> LandingIntent | None:
         if part.intents and part.intents[0].first == first:
@@ -613,11 +762,12 @@ class JobRunner:
         objects: list[_Object] = []
         publish: list[_Publish] = []
         names = ",".join(s.name for s in self._steps)
+        rows_in = rows_unselected = 0
         for (site, asset), members in sorted(groups.items()):
             table, unselected = self._selected(members)
             ctx, _ = self._selected(context_groups.get((site, asset), []))
-            self.stats.rows_in += table.num_rows + unselected
-            self.stats.rows_unselected += unselected
+            rows_in += table.num_rows + unselected
+            rows_unselected += unselected
             inputs = tuple(m.sha256 for m in members)
             if table.num_rows == 0:
                 continue
@@ -651,7 +801,7 @@ class JobRunner:
                     objects.append(_Object(key, name, _lake_order(part_table), inputs, attributes))
             if self.spec.output_topic and outputs[0][1].num_rows:
                 publish.append(_Publish(asset, _lake_order(outputs[0][1]), inputs))
-        return _Unit(tp, first, last, objects, publish, intent)
+        return _Unit(tp, first, last, objects, publish, intent, rows_in, rows_unselected)
 
     def _selected(self, members: Sequence[VerifiedBatch]) -> tuple[pa.Table, int]:
         """The members' rows the spec selects (with a `flags` column), and how many it did not."""
@@ -673,13 +823,14 @@ class JobRunner:
 
     async def _land(self, consumer: Consumer, part: _Partition, unit: _Unit) -> None:
         try:
-            async with self._landing:
-                if self._parts.get(unit.tp) is not part:
-                    return  # revoked meanwhile: the next owner lands it
-                await self._write(consumer, unit)
+            if self._parts.get(unit.tp) is not part:
+                return  # revoked meanwhile: the next owner lands it
+            await self._write(consumer, unit)
         except LakeUnavailable as exc:
             self.stats.backpressure += 1
             part.pending = unit
+            part.refused = True
+            part.recovered = False
             part.retry_at = time.monotonic() + part.backoff
             log.warning(
                 "%s: lake unavailable landing %d..%d (%s); pausing the partition, retry in %.1f s",
@@ -695,20 +846,12 @@ class JobRunner:
         part.backoff = _BACKOFF_MIN_S
 
     async def _retry_pending(self, consumer: Consumer) -> None:
-        now = time.monotonic()
+        """Replay what waited behind a refused unit once its worker landed it (the worker retries)."""
         for part in list(self._parts.values()):
-            unit = part.pending
-            if unit is None or now < part.retry_at:
+            if part.pending is None or not part.recovered:
                 continue
             part.pending = None
-            await self._land(consumer, part, unit)
-            if part.pending is not None:
-                continue
-            log.info("%s: lake back; resuming the partition", part.tp)
-            try:
-                consumer.resume([part.tp])
-            except NotAssignedError:
-                continue
+            part.recovered = False
             # What waited behind the unit continues in order: verified records, then raw fetches.
             held, part.held = part.held, []
             for rec in held:
@@ -736,7 +879,7 @@ class JobRunner:
                 await asyncio.to_thread(self._lake.delete, stale)
             intent = LandingIntent(unit.tp.topic, unit.tp.partition, unit.first, unit.last, keys)
             await asyncio.to_thread(self._lake.write_intent, intent)
-        landed = await asyncio.to_thread(self._write_objects, unit.objects)
+        landed = await self._write_objects(unit.objects)
         entries: list[EvidenceEntry] = []
         for obj, done in zip(unit.objects, landed, strict=True):
             entries.extend(self._landing_entries(unit, obj, done))
@@ -770,12 +913,30 @@ class JobRunner:
         if keys:
             await asyncio.to_thread(self._lake.clear_intent, intent)
 
-    def _write_objects(self, objects: Iterable[_Object]) -> list[tuple[LandedObject, str]]:
-        out = []
-        for obj in objects:
-            landed = self._lake.write_parquet(obj.key, obj.table, schema_version=CLEAN_SCHEMA_VERSION)
-            out.append((landed, _table_digest(obj.table)))
+    async def _write_objects(self, objects: Sequence[_Object]) -> list[tuple[LandedObject, str]]:
+        """Write a unit's objects: the first alone, the rest concurrently (encoding releases the GIL,
+        PUTs wait on the network).
+
+        The first write probes the sink, so a lake that refuses costs one request per attempt, not a
+        burst. Every write finishes before the first error, if any, is raised: nothing is left running.
+        """
+        if not objects:
+            return []
+        first = await asyncio.to_thread(self._write_object, objects[0])
+        done: list[tuple[LandedObject, str] | BaseException] = [first]
+        done += await asyncio.gather(
+            *(asyncio.to_thread(self._write_object, obj) for obj in objects[1:]), return_exceptions=True
+        )
+        out: list[tuple[LandedObject, str]] = []
+        for result in done:
+            if isinstance(result, BaseException):
+                raise result
+            out.append(result)
         return out
+
+    def _write_object(self, obj: _Object) -> tuple[LandedObject, str]:
+        landed = self._lake.write_parquet(obj.key, obj.table, schema_version=CLEAN_SCHEMA_VERSION)
+        return landed, _table_digest(obj.table)
 
     def _landing_entries(
         self, unit: _Unit, obj: _Object, done: tuple[LandedObject, str]

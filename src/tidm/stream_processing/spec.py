@@ -21,6 +21,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
@@ -83,22 +84,48 @@ class Selection(BaseModel):
     semantic_ids: tuple[str, ...] = ()
 
     def mask(self, table: pa.Table, semantic_ids: Mapping[tuple[str, str], str] | None = None) -> pa.Array:
-        """A boolean mask of the rows of a samples table that the selection takes."""
-        keep = pa.array([True] * table.num_rows)
+        """A boolean mask of the rows of a samples table that the selection takes.
+
+        Globs and ids are matched once per distinct value (the dictionary), then spread to the rows
+        by their codes: no per-row Python. A null value matches as the empty string.
+        """
+        keep = np.ones(table.num_rows, dtype=bool)
+        coded: dict[str, tuple[np.ndarray, list[str | None]]] = {}
         for column, patterns in (("asset_id", self.assets), ("signal", self.signals)):
             if patterns:
-                values = pc.cast(table.column(column), pa.string()).to_pylist()
-                hit = pa.array([any(fnmatch.fnmatchcase(v or "", p) for p in patterns) for v in values])
-                keep = pc.and_(keep, hit)
+                codes, values = coded.setdefault(column, _codes(table.column(column)))
+                hit = np.array([any(fnmatch.fnmatchcase(v or "", p) for p in patterns) for v in values])
+                keep &= hit[codes]
         if self.semantic_ids:
             ids = semantic_ids or {}
-            pairs = zip(
-                pc.cast(table.column("asset_id"), pa.string()).to_pylist(),
-                pc.cast(table.column("signal"), pa.string()).to_pylist(),
-                strict=True,
+            a_codes, assets = coded.get("asset_id") or _codes(table.column("asset_id"))
+            s_codes, signals = coded.get("signal") or _codes(table.column("signal"))
+            pairs, inverse = np.unique(a_codes * len(signals) + s_codes, return_inverse=True)
+            hit = np.array(
+                [
+                    ids.get((assets[p // len(signals)], signals[p % len(signals)])) in self.semantic_ids
+                    for p in pairs.tolist()
+                ],
+                dtype=bool,
             )
-            keep = pc.and_(keep, pa.array([ids.get(p) in self.semantic_ids for p in pairs]))
-        return keep
+            keep &= hit[inverse.reshape(-1)]
+        return pa.array(keep, type=pa.bool_())
+
+
+def _codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str | None]]:
+    """Row codes into a list of distinct string values (the last entry, None, stands for null)."""
+    if isinstance(column, pa.Array):
+        column = pa.chunked_array([column])
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(pc.cast(column, pa.string()))
+    elif not pa.types.is_string(column.type.value_type):
+        column = pc.dictionary_encode(pc.cast(column, pa.string()))
+    chunks = column.unify_dictionaries().chunks
+    values: list[str | None] = chunks[0].dictionary.to_pylist() if chunks else []
+    null = len(values)
+    parts = [c.indices.fill_null(null).to_numpy(zero_copy_only=False) for c in chunks]
+    codes = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+    return codes, [*values, None]
 
 
 class StepSpec(BaseModel):

@@ -87,7 +87,9 @@ def sort_for_lake(table: pa.Table) -> pa.Table:
 
     Signals are ranked once per dictionary (a handful of strings), then rows are sorted as integer
     pairs (rank, ts) with NumPy: several times cheaper than sorting the strings row by row.
-    The sort is stable, so rows with equal (signal, ts) keep their order.
+    The sort is stable, so rows with equal (signal, ts) keep their order. Rows usually arrive in
+    time order per signal, so a stable (radix) sort by rank alone is tried first and kept when
+    time ascends within each signal; a table already in order is returned as it is.
     """
     if table.num_rows == 0:
         return table
@@ -105,5 +107,12 @@ def sort_for_lake(table: pa.Table) -> pa.Table:
     )
     codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks]).astype(np.int64)
     ts = table.column("ts").cast(pa.int64()).to_numpy()
-    order = np.lexsort((ts, rank[codes]))
+    # Ranks fit 16 bits for any realistic dictionary: NumPy's stable sort is then a radix sort.
+    ranks = rank.astype(np.int16 if len(rank) < 1 << 15 else np.int64)[codes]
+    order = np.argsort(ranks, kind="stable")
+    r, t = ranks[order], ts[order]
+    if not np.all((t[1:] >= t[:-1]) | (r[1:] != r[:-1])):
+        order = np.lexsort((ts, ranks))  # time goes back within a signal: the full two-key sort
+    if np.array_equal(order, np.arange(len(order))):
+        return table
     return table.take(pa.array(order))
