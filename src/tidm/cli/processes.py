@@ -171,7 +171,8 @@ async def run_job(
     transport = build_transport(settings.transport, client_id=f"job-{spec.name}")
     topics = list(spec.topics) + ([spec.output_topic] if spec.output_topic else [])
     await transport.ensure_topics(topics, partitions=settings.transport.partitions)
-    evidence = SqliteEvidenceLog(settings.evidence.path)
+    # Group commit: the runner syncs the log before each offset commit.
+    evidence = SqliteEvidenceLog(settings.evidence.path, durability="process")
     trusted = TrustedAgents.from_file(settings.trusted_agents)
     producer = transport.producer()
     await producer.start()

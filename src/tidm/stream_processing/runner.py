@@ -887,6 +887,9 @@ class JobRunner:
             entries.extend(await self._publish(unit, item))
         if entries:
             self._evidence.append(entries)
+        sync = getattr(self._evidence, "sync", None)  # group commit: evidence durable before the offsets
+        if sync is not None:
+            await asyncio.to_thread(sync)
         try:
             await consumer.commit({unit.tp: unit.last + 1})
         except (CommitFailedError, NotAssignedError) as exc:
