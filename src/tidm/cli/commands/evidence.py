@@ -347,20 +347,13 @@ def evidence_prove(
     s3_region: str,
 ) -> None:
     """Write a self-contained proof bundle for OBJECT (a lake key, or a SHA-256 digest)."""
-    from tidm.evidence import is_digest, load_signer, parse_checkpoint
+    from tidm.evidence import load_signer, parse_checkpoint
     from tidm.evidence.bundle import build_bundle
     from tidm.evidence.errors import VerificationError
 
     s3 = _S3(s3_endpoint, s3_access_key, s3_secret_key, s3_region)
-    key: str | None = None
-    if lake is not None:
-        key = object_name
-        subject = hashlib.sha256(_open_lake(lake, s3).read_bytes(object_name)).hexdigest()
-    elif is_digest(object_name):
-        subject = object_name
-    else:
-        msg = "OBJECT must be a SHA-256 digest unless --lake is given"
-        raise click.UsageError(msg)
+    key = object_name if lake is not None else None
+    subject = _subject_of(object_name, lake, s3, what="OBJECT")
     log = open_log(log_spec, s3)
     try:
         note = checkpoint.read_text(encoding="utf-8") if checkpoint else latest_checkpoint(log)
@@ -379,6 +372,18 @@ def evidence_prove(
         log.close()
     out.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     click.echo(f"wrote {out}: {len(document['entries'])} entries proving {key or subject}")
+
+
+def _subject_of(object_name: str, lake: str | None, s3: _S3, *, what: str) -> str:
+    """The SHA-256 an object is known by in the log: of its bytes in the lake, or given as a digest."""
+    from tidm.evidence import is_digest
+
+    if lake is not None:
+        return hashlib.sha256(_open_lake(lake, s3).read_bytes(object_name)).hexdigest()
+    if is_digest(object_name):
+        return object_name
+    msg = f"{what} must be a SHA-256 digest unless --lake is given"
+    raise click.UsageError(msg)
 
 
 def _time_us(value: dt.datetime | None, default: int) -> int:
@@ -414,19 +419,10 @@ def evidence_report(
     s3_region: str,
 ) -> None:
     """Write an audit report (HTML, and JSON) of the log between --from and --to."""
-    from tidm.evidence import is_digest
     from tidm.evidence.report import build_report, render_html
 
     s3 = _S3(s3_endpoint, s3_access_key, s3_secret_key, s3_region)
-    subject = None
-    if object_name is not None:
-        if lake is not None:
-            subject = hashlib.sha256(_open_lake(lake, s3).read_bytes(object_name)).hexdigest()
-        elif is_digest(object_name):
-            subject = object_name
-        else:
-            msg = "--object must be a SHA-256 digest unless --lake is given"
-            raise click.UsageError(msg)
+    subject = _subject_of(object_name, lake, s3, what="--object") if object_name is not None else None
     log = open_log(log_spec, s3)
     try:
         report = build_report(
