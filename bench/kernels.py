@@ -239,7 +239,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1M samples, 2 repeats")
     parser.add_argument("--n", type=int, default=None, help="samples (default 10M, 1M with --quick)")
     parser.add_argument("--repeat", type=int, default=None, help="best of R runs (default 3, 2 with --quick)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated kernel name prefixes to measure (default: all)"
+    )
     args = parser.parse_args()
+    only = tuple(x.strip() for x in args.only.split(",") if x.strip())
     n = args.n or (1_000_000 if args.quick else 10_000_000)
     repeat = args.repeat or (2 if args.quick else 3)
     d = make_data(n)
@@ -255,6 +259,8 @@ def main() -> None:
         impls: dict[str, Callable[[], Any]],
         notes: dict[str, str] | None = None,
     ) -> None:
+        if only and not kernel.startswith(only):
+            return
         in_bytes = sum(a.nbytes for a in inputs)
         rows.append(Row(kernel, "memcpy", best_of(memcpy(inputs), repeat), in_bytes, n))
         for impl, fn in impls.items():

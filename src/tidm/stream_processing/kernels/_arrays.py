@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
 from tidm.stream_processing.kernels.errors import KernelError
 
@@ -14,6 +15,18 @@ I64 = npt.NDArray[np.int64]
 U32 = npt.NDArray[np.uint32]
 BOOL = npt.NDArray[np.bool_]
 C128 = npt.NDArray[np.complex128]
+
+
+def empty(shape: int | tuple[int, ...], dtype: type[np.generic]) -> npt.NDArray[Any]:
+    """An uninitialized output array in Arrow's memory pool. Jobs call kernels batch after batch: the
+    pool (mimalloc or jemalloc) hands back the pages the last batch's outputs freed, where large NumPy
+    arrays are fresh mappings that page-fault and get zeroed by the kernel on first write. The arrays
+    also go into Arrow tables without a copy, and count in `pyarrow.total_allocated_bytes()`."""
+    dims = (shape,) if isinstance(shape, int) else shape
+    dt = np.dtype(dtype)
+    count = int(np.prod(dims, dtype=np.int64))
+    buf = pa.allocate_buffer(max(count * dt.itemsize, 1))
+    return np.frombuffer(buf, dtype=dt, count=count).reshape(dims)
 
 
 def f64(a: Any) -> F64:

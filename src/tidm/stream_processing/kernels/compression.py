@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tidm.stream_processing.kernels._arrays import F64, I64, f64, i64, offsets_for, same_length
+from tidm.stream_processing.kernels._arrays import F64, I64, empty, f64, i64, offsets_for, same_length
 from tidm.stream_processing.kernels._jit import njit
 from tidm.stream_processing.kernels.errors import KernelError
 
@@ -59,7 +59,7 @@ def deadband(ts: Any, values: Any, *, d: float, max_interval_us: int = 0, offset
     n = same_length("deadband", ts=t, values=v)
     off = offsets_for(offsets, n, where="deadband")
     # Only the pages of kept indices are ever touched: the capacity costs no memory traffic.
-    kept = np.empty(n, dtype=np.int64)
+    kept = empty(n, np.int64)
     count = _deadband_kernel(t, v, off, float(d), int(max_interval_us), kept)
     return kept[:count]
 
@@ -128,6 +128,6 @@ def swinging_door(ts: Any, values: Any, *, e: float, offsets: Any = None) -> I64
     v = f64(values)
     n = same_length("swinging_door", ts=t, values=v)
     off = offsets_for(offsets, n, where="swinging_door")
-    kept = np.empty(n, dtype=np.int64)
+    kept = empty(n, np.int64)
     count = _swinging_door_kernel(t, v, off, float(e), kept)
     return kept[:count]

@@ -11,6 +11,7 @@ from tidm.stream_processing.kernels._arrays import (
     F64,
     I64,
     U32,
+    empty,
     f64,
     flags_or_zeros,
     offsets_for,
@@ -144,6 +145,6 @@ def hampel(
     n = same_length("hampel", values=v)
     off = offsets_for(offsets, n, where="hampel")
     out_flags = flags_or_zeros(flags, n, where="hampel")
-    out = np.empty(n, dtype=np.float64)
+    out = empty(n, np.float64)
     spikes = _hampel_kernel(v, off, int(k), float(n_sigmas), bool(replace), out, out_flags)
     return out, out_flags, int(spikes)

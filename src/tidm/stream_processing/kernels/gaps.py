@@ -12,6 +12,7 @@ from tidm.stream_processing.kernels._arrays import (
     F64,
     I64,
     U32,
+    empty,
     f64,
     flags_or_zeros,
     i64,
@@ -26,28 +27,34 @@ __all__ = ["FILL_METHODS", "Filled", "fill_gaps"]
 FILL_METHODS = {"linear": 0, "previous": 1}
 
 
-@njit(nogil=True, cache=True)
-def _gap_rows(dt: int, gap_us: int, step_us: int, max_fill: int) -> int:
-    if dt <= gap_us:
-        return 0
-    return min((dt - 1) // step_us, max_fill)
+_BLOCK = 1024
 
 
 @njit(nogil=True, cache=True)
-def _count_kernel(ts: I64, offsets: I64, gap_us: int, step_us: int, max_fill: int, out_offsets: I64) -> bool:
-    total = 0
-    out_offsets[0] = 0
+def _find_gaps_kernel(ts: I64, offsets: I64, gap_us: int, gaps: I64) -> int:
+    """Into `gaps`: each index i whose time since the previous sample of its segment exceeds `gap_us`.
+    Returns their number, or -1 when timestamps decrease within a segment. Blocks are screened by the
+    largest and smallest step (a loop that vectorizes); only blocks with a gap are searched."""
+    k = 0
     for s in range(offsets.size - 1):
-        a = offsets[s]
-        b = offsets[s + 1]
-        total += b - a
-        for i in range(a + 1, b):
-            dt = ts[i] - ts[i - 1]
-            if dt < 0:
-                return False
-            total += _gap_rows(dt, gap_us, step_us, max_fill)
-        out_offsets[s + 1] = total
-    return True
+        for lo in range(offsets[s] + 1, offsets[s + 1], _BLOCK):
+            hi = min(lo + _BLOCK, offsets[s + 1])
+            # A slice and indices from 0: no negative-index wraparound for the loop to vectorize around.
+            block = ts[lo - 1 : hi]
+            largest = block[1] - block[0]
+            smallest = largest
+            for i in range(1, hi - lo):
+                dt = block[i + 1] - block[i]
+                largest = max(largest, dt)
+                smallest = min(smallest, dt)
+            if smallest < 0:
+                return -1
+            if largest > gap_us:
+                for i in range(lo, hi):
+                    if ts[i] - ts[i - 1] > gap_us:
+                        gaps[k] = i
+                        k += 1
+    return k
 
 
 @njit(nogil=True, cache=True)
@@ -55,8 +62,9 @@ def _fill_kernel(
     ts: I64,
     values: F64,
     flags: U32,
+    has_flags: bool,
     offsets: I64,
-    gap_us: int,
+    gaps: I64,
     step_us: int,
     max_fill: int,
     method: int,
@@ -64,22 +72,19 @@ def _fill_kernel(
     out_values: F64,
     out_flags: U32,
     source: I64,
-) -> int:
+) -> None:
     o = 0
-    gaps = 0
+    g = 0
     for s in range(offsets.size - 1):
         a = offsets[s]
         b = offsets[s + 1]
         i = a
         while i < b:
             # Rows i..j-1 have no gap between them: copy them in bulk (per-run slices vectorize).
-            j = i + 1
-            while j < b and ts[j] - ts[j - 1] <= gap_us:
-                j += 1
+            j = gaps[g] if g < gaps.size and gaps[g] < b else b
             n = j - i
             src_t = ts[i:j]
             src_v = values[i:j]
-            src_f = flags[i:j]
             dst_t = out_ts[o : o + n]
             dst_v = out_values[o : o + n]
             dst_f = out_flags[o : o + n]
@@ -87,18 +92,24 @@ def _fill_kernel(
             for k in range(n):
                 dst_t[k] = src_t[k]
                 dst_v[k] = src_v[k]
-                dst_f[k] = src_f[k]
                 dst_s[k] = i + k
+            if has_flags:
+                src_f = flags[i:j]
+                for k in range(n):
+                    dst_f[k] = src_f[k]
+            else:
+                dst_f[:] = 0
             if i > a:
                 dst_f[0] |= fl.GAP_BEFORE  # a run after the first starts after a gap
             o += n
             if j < b:
-                gaps += 1
+                g += 1
                 t0 = ts[j - 1]
                 t1 = ts[j]
                 v0 = values[j - 1]
                 v1 = values[j]
-                for k in range(1, _gap_rows(t1 - t0, gap_us, step_us, max_fill) + 1):
+                rows = min((t1 - t0 - 1) // step_us, max_fill)
+                for k in range(1, rows + 1):
                     t = t0 + k * step_us
                     out_ts[o] = t
                     if method == 0:
@@ -109,7 +120,6 @@ def _fill_kernel(
                     source[o] = -1
                     o += 1
             i = j
-    return gaps
 
 
 @dataclass(frozen=True)
@@ -149,22 +159,30 @@ def fill_gaps(
     v = f64(values)
     n = same_length("fill_gaps", ts=t, values=v)
     off = offsets_for(offsets, n, where="fill_gaps")
-    f = flags_or_zeros(flags, n, where="fill_gaps")
-    out_off = np.empty(off.size, dtype=np.int64)
-    if not _count_kernel(t, off, int(gap_us), int(step_us), int(max_fill), out_off):
+    has_flags = flags is not None
+    f = flags_or_zeros(flags, n, where="fill_gaps") if has_flags else np.zeros(1, dtype=np.uint32)
+    found = empty(max(n - 1, 0), np.int64)
+    count = _find_gaps_kernel(t, off, int(gap_us), found)
+    if count < 0:
         msg = "fill_gaps: timestamps are not sorted within segments (sort them first)"
         raise KernelError(msg)
+    gaps = found[:count]
+    # Rows generated per gap; the output's segment offsets add those of the gaps before each boundary.
+    rows = np.minimum((t[gaps] - t[gaps - 1] - 1) // int(step_us), int(max_fill))
+    generated = np.concatenate(([0], np.cumsum(rows, dtype=np.int64)))
+    out_off = off + generated[np.searchsorted(gaps, off, side="left")]
     m = int(out_off[-1])
-    out_ts = np.empty(m, dtype=np.int64)
-    out_v = np.empty(m, dtype=np.float64)
-    out_f = np.empty(m, dtype=np.uint32)
-    source = np.empty(m, dtype=np.int64)
-    gaps = _fill_kernel(
+    out_ts = empty(m, np.int64)
+    out_v = empty(m, np.float64)
+    out_f = empty(m, np.uint32)
+    source = empty(m, np.int64)
+    _fill_kernel(
         t,
         v,
         f,
+        has_flags,
         off,
-        int(gap_us),
+        gaps,
         int(step_us),
         int(max_fill),
         FILL_METHODS[method],
@@ -173,4 +191,4 @@ def fill_gaps(
         out_f,
         source,
     )
-    return Filled(out_ts, out_v, out_f, source, out_off, int(gaps))
+    return Filled(out_ts, out_v, out_f, source, out_off, int(count))

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from tidm.stream_processing.kernels._arrays import F64, I64, f64, i64, offsets_for, same_length
+from tidm.stream_processing.kernels._arrays import F64, I64, empty, f64, i64, offsets_for, same_length
 from tidm.stream_processing.kernels._jit import njit
 from tidm.stream_processing.kernels.errors import KernelError
 
@@ -180,9 +180,9 @@ def resample(
     if m > MAX_BUCKETS:
         msg = f"resample: {m} buckets of {step_us} µs requested; a segment spans too long a time"
         raise KernelError(msg)
-    out_ts = np.empty(m, dtype=np.int64)
-    out_v = np.empty(m, dtype=np.float64)
-    out_c = np.empty(m, dtype=np.int64)
+    out_ts = empty(m, np.int64)
+    out_v = empty(m, np.float64)
+    out_c = empty(m, np.int64)
     if not _resample_kernel(
         t, v, off, int(step_us), int(origin_us), RESAMPLE_METHODS[method], out_off, out_ts, out_v, out_c
     ):

@@ -1,5 +1,5 @@
 """Rolling window statistics by count or by time, O(n): compensated running power sums for the moments,
-monotonic deques for min and max.
+a two-stack queue for min and max.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tidm.stream_processing.kernels._arrays import F64, I64, f64, i64, offsets_for, same_length
+from tidm.stream_processing.kernels._arrays import F64, I64, empty, f64, i64, offsets_for, same_length
 from tidm.stream_processing.kernels._jit import njit
 from tidm.stream_processing.kernels.errors import KernelError
 from tidm.stream_processing.kernels.ordering import _is_sorted_kernel
@@ -23,14 +23,30 @@ ROLLING_STATS = ("mean", "std", "min", "max", "rms", "skew", "kurt", "crest", "p
 # cancel to rounding noise there).
 _FLAT = 1e-14
 
+# Counts up to this get their factors from a table built once per call (bounded by the input's size).
+_TABLE_MAX = 1 << 16
+
 
 @njit(nogil=True, cache=True)
 def _rolling_kernel(
-    ts: I64, values: F64, offsets: I64, window_n: int, window_us: int, min_periods: int, out: F64
+    ts: I64,
+    values: F64,
+    offsets: I64,
+    window_n: int,
+    window_us: int,
+    min_periods: int,
+    out: F64,
+    suf_max: F64,
+    suf_min: F64,
 ) -> None:
     n_all = values.size
-    dq_max = np.empty(n_all, dtype=np.int64)
-    dq_min = np.empty(n_all, dtype=np.int64)
+    # The factors that depend only on the window's count, by count: divisions and square roots bound
+    # this loop's speed, and a window's count takes few distinct values.
+    n_tab = min(n_all, _TABLE_MAX) + 1
+    tab = np.empty((n_tab, 5), dtype=np.float64)
+    for c in range(n_tab):
+        _count_factors(c, tab[c])
+    fac = np.empty(5, dtype=np.float64)
     for s in range(offsets.size - 1):
         a = offsets[s]
         b = offsets[s + 1]
@@ -51,14 +67,19 @@ def _rolling_kernel(
         c4 = 0.0
         cnt = 0
         since = 0
+        # Min and max by a two-stack queue: the window [start, i] is a front part [start, m) whose
+        # suffix extremes (suf_*) are computed when it forms, and a back part [m, i] with running
+        # extremes. When the front runs empty, the whole window becomes the front: one backward pass
+        # per window length, and no data-dependent loop per sample (a monotonic deque's pops mispredict).
         start = a
-        hmax = a
-        tmax = a
-        hmin = a
-        tmin = a
+        m = a
+        b_max = -np.inf
+        b_min = np.inf
         for i in range(a, b):
             x = values[i]
             if np.isfinite(x):
+                b_max = max(b_max, x)
+                b_min = min(b_min, x)
                 y = x - shift
                 y2 = y * y
                 t = y - c1
@@ -78,14 +99,6 @@ def _rolling_kernel(
                 c4 = (u - s4) - t
                 s4 = u
                 cnt += 1
-                while tmax > hmax and values[dq_max[tmax - 1]] <= x:
-                    tmax -= 1
-                dq_max[tmax] = i
-                tmax += 1
-                while tmin > hmin and values[dq_min[tmin - 1]] >= x:
-                    tmin -= 1
-                dq_min[tmin] = i
-                tmin += 1
             if window_n > 0:
                 new_start = max(a, i - window_n + 1)
             else:
@@ -136,24 +149,36 @@ def _rolling_kernel(
                         s3 += y2 * y
                         s4 += y2 * y2
                 since = 0
-            while hmax < tmax and dq_max[hmax] < start:
-                hmax += 1
-            while hmin < tmin and dq_min[hmin] < start:
-                hmin += 1
+            if start >= m:
+                f_max = -np.inf
+                f_min = np.inf
+                for j in range(i, start - 1, -1):
+                    xj = values[j]
+                    if np.isfinite(xj):
+                        f_max = max(f_max, xj)
+                        f_min = min(f_min, xj)
+                    suf_max[j] = f_max
+                    suf_min[j] = f_min
+                m = i + 1
+                b_max = -np.inf
+                b_min = np.inf
             out[9, i] = cnt
             if cnt < min_periods or cnt == 0:
                 for r in range(9):
                     out[r, i] = np.nan
                 continue
-            dn = float(cnt)
-            m1 = s1 / dn
-            e2 = s2 / dn
-            e3 = s3 / dn
-            e4 = s4 / dn
+            if cnt < n_tab:
+                f = tab[cnt]
+            else:
+                _count_factors(cnt, fac)
+                f = fac
+            inv_n = f[0]
+            m1 = s1 * inv_n
+            e2 = s2 * inv_n
             m2 = e2 - m1 * m1
             mean = m1 + shift
-            mx = values[dq_max[hmax]]
-            mn = values[dq_min[hmin]]
+            mx = max(suf_max[start], b_max)
+            mn = min(suf_min[start], b_min)
             out[0, i] = mean
             out[2, i] = mn
             out[3, i] = mx
@@ -165,18 +190,41 @@ def _rolling_kernel(
             rms = np.sqrt(m2 + mean * mean)
             out[4, i] = rms
             out[7, i] = max(abs(mx), abs(mn)) / rms if rms > 0 else np.nan
-            out[1, i] = np.sqrt(m2 * dn / (dn - 1.0)) if cnt >= 2 else np.nan
+            sd = np.sqrt(m2)
+            out[1, i] = sd * f[1]  # NaN below 2 samples
             if flat or cnt < 3:
                 out[5, i] = np.nan
-            else:
-                m3 = e3 - 3.0 * m1 * e2 + 2.0 * m1 * m1 * m1
-                out[5, i] = np.sqrt(dn * (dn - 1.0)) * m3 / ((dn - 2.0) * m2 * np.sqrt(m2))
-            if flat or cnt < 4:
+                out[6, i] = np.nan
+                continue
+            e3 = s3 * inv_n
+            m3 = e3 - 3.0 * m1 * e2 + 2.0 * m1 * m1 * m1
+            inv_sd = 1.0 / sd
+            inv_m2 = inv_sd * inv_sd
+            out[5, i] = f[2] * m3 * inv_m2 * inv_sd
+            if cnt < 4:
                 out[6, i] = np.nan
             else:
+                e4 = s4 * inv_n
                 m4 = e4 - 4.0 * m1 * e3 + 6.0 * m1 * m1 * e2 - 3.0 * m1 * m1 * m1 * m1
-                k = (dn * dn - 1.0) * m4 / (m2 * m2) - 3.0 * (dn - 1.0) * (dn - 1.0)
-                out[6, i] = k / ((dn - 2.0) * (dn - 3.0))
+                out[6, i] = f[3] * m4 * inv_m2 * inv_m2 - f[4]
+
+
+@njit(nogil=True, cache=True)
+def _count_factors(cnt: int, f: F64) -> None:
+    """Into f: 1/n, the sample-std factor sqrt(n/(n-1)), the adjusted skewness factor
+    sqrt(n(n-1))/(n-2), and the excess-kurtosis factors (n²-1)/((n-2)(n-3)) and 3(n-1)²/((n-2)(n-3))
+    (NaN where the statistic needs more samples)."""
+    dn = float(cnt)
+    f[0] = 1.0 / dn if cnt > 0 else np.nan
+    f[1] = np.sqrt(dn / (dn - 1.0)) if cnt >= 2 else np.nan
+    f[2] = np.sqrt(dn * (dn - 1.0)) / (dn - 2.0) if cnt >= 3 else np.nan
+    if cnt >= 4:
+        d = (dn - 2.0) * (dn - 3.0)
+        f[3] = (dn * dn - 1.0) / d
+        f[4] = 3.0 * (dn - 1.0) * (dn - 1.0) / d
+    else:
+        f[3] = np.nan
+        f[4] = np.nan
 
 
 def rolling_stats(
@@ -208,6 +256,7 @@ def rolling_stats(
     if window_us > 0 and not _is_sorted_kernel(t, off):
         msg = "rolling_stats: time windows need timestamps sorted within segments (sort them first)"
         raise KernelError(msg)
-    out = np.empty((len(ROLLING_STATS), n), dtype=np.float64)
-    _rolling_kernel(t, v, off, int(window_n), int(window_us), int(min_periods), out)
+    out = empty((len(ROLLING_STATS), n), np.float64)
+    suf = empty((2, n), np.float64)  # scratch of the min/max queue
+    _rolling_kernel(t, v, off, int(window_n), int(window_us), int(min_periods), out, suf[0], suf[1])
     return {name: out[r] for r, name in enumerate(ROLLING_STATS)}

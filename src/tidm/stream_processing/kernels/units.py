@@ -17,6 +17,7 @@ from tidm.stream_processing.kernels._arrays import (
     F64,
     I64,
     U32,
+    empty,
     f64,
     flags_or_zeros,
     offsets_for,
@@ -148,7 +149,7 @@ def convert(
     off = offsets_for(offsets, n, where="convert")
     nseg = off.size - 1
     if out is None:
-        out = np.empty(n, dtype=np.float64)
+        out = empty(n, np.float64)
     elif out.dtype != np.float64 or out.shape != (n,) or not out.flags.c_contiguous:
         msg = f"convert: out must be a contiguous float64 array of shape ({n},)"
         raise KernelError(msg)
