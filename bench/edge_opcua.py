@@ -1,19 +1,26 @@
 """OPC UA edge path: samples/s per core and RSS, beside a baseline measured in the same run.
 
     python bench/edge_opcua.py [--signals 10000] [--processes 5] [--period-ms 1000] [--duration 20]
-                               [--profile]
+                               [--profile] [--tracemalloc N]
 
 Starts `--processes` simulator processes sharing `--signals` variables, then runs, each in its own
 process against the same servers:
 
 - baseline: a minimal asyncua client (one subscription, handler mode) that only counts notifications;
-- tidm: OpcUaSource -> RawSample lists -> Batcher (columns) -> Arrow tables every second.
+- tidm: OpcUaSource -> RawSample lists -> Batcher (columns) -> Arrow tables every second, with the
+  sources reporting to Prometheus metrics as `tidm agent run` wires them.
 
 "Samples/s per core" is samples received divided by the CPU seconds the collecting process used
 (user + system) over the measured window, so it does not depend on how fast the simulators produce
-or on other load on the machine. RSS is read after a full garbage collection at the end.
+or on other load on the machine. RSS is read at three points: after the worker's imports (before
+connecting), once every variable has delivered (subscribed), and after a full garbage collection at
+the end; the end value is the one the target is about. On glibc the C heap is shown beside it
+(bytes malloc holds, of which in use), and the end RSS once more after `malloc_trim(0)` (trimmed:
+what is live), so memory freed but kept by the allocator is visible.
 Targets: >= 50,000 samples/s per core on the tidm path; RSS <= 150 MB at 10,000 signals.
-`--profile` prints the top of a cProfile of the tidm worker's measured window.
+`--profile` prints the top of a cProfile of the tidm worker's measured window; `--tracemalloc N`
+(a diagnostic: it slows the worker and adds its own memory) prints the N largest allocation sites
+of Python objects alive at the end of each worker's measured window (still connected).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import ctypes
 import gc
 import io
 import json
@@ -30,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,7 @@ import yaml
 
 TARGET_RATE = 50_000
 TARGET_RSS_MB = 150
+_TRACE_TOP = [0]  # --tracemalloc N, in the worker
 
 
 def _configs(signals: int, processes: int, period_ms: int) -> list[Any]:
@@ -93,12 +103,102 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 # -- workers (run in their own processes) ---------------------------------------------------------
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [  # noqa: RUF012 - the ctypes layout of glibc's struct mallinfo2
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _heap_mb() -> tuple[float, float] | None:
+    """glibc malloc: (MB held from the system, MB of it in use), or None off glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return (info.arena + info.hblkhd) / 2**20, (info.uordblks + info.hblkhd) / 2**20
+
+
+def _release_free_memory() -> bool:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def _rss_mb() -> float:
+    return round(psutil.Process().memory_info().rss / 2**20, 1)
+
+
+def _rss_by_mapping() -> dict[str, float]:
+    """RSS (MB) by kind of mapping: the C heap, anonymous maps (Python's object arenas, jemalloc,
+    large malloc blocks, thread stacks) and shared libraries by file; Linux only."""
+    out: dict[str, float] = {}
+    where = ""
+    try:
+        lines = Path("/proc/self/smaps").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        head = line.split()
+        if not head:
+            continue
+        if not head[0].endswith(":"):
+            name = head[5] if len(head) > 5 else "[anon]"
+            where = name if name.startswith("[") else Path(name).name
+        elif head[0] == "Rss:":
+            out[where] = out.get(where, 0.0) + int(head[1]) / 1024
+    return out
+
+
+def _mapping_summary(n: int) -> str:
+    rss = _rss_by_mapping()
+    heap, anon = rss.pop("[heap]", 0.0), rss.pop("[anon]", 0.0)
+    stacks = sum(v for k, v in rss.items() if k.startswith("["))
+    files = {k: v for k, v in rss.items() if not k.startswith("[")}
+    top = sorted(files.items(), key=lambda kv: -kv[1])[:n]
+    return (
+        f"RSS by mapping: C heap {heap:.1f} MB, anonymous {anon:.1f} MB, other {stacks:.1f} MB, "
+        f"files {sum(files.values()):.1f} MB (" + ", ".join(f"{k} {v:.1f}" for k, v in top) + ")"
+    )
+
+
+def _top_allocations(n: int) -> str:
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(inclusive=False, filename_pattern=tracemalloc.__file__)]
+    )
+    total = sum(stat.size for stat in snapshot.statistics("filename"))
+    lines = [f"python objects traced at the end: {total / 2**20:.1f} MB; largest sites:"]
+    for stat in snapshot.statistics("lineno")[:n]:
+        frame = stat.traceback[0]
+        lines.append(f"  {stat.size / 2**20:7.2f} MB {stat.count:>9} blocks  {frame.filename}:{frame.lineno}")
+    return "\n".join(lines)
+
+
 async def _measure(count: list[int], expected: int, duration: float, profile: bool) -> dict[str, Any]:
     """Wait until every variable has delivered once, then measure CPU and samples over `duration`."""
     deadline = time.monotonic() + 300
     while count[0] < expected and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
     await asyncio.sleep(2)
+    gc.collect()
+    rss_subscribed = _rss_mb()
     proc = psutil.Process()
     prof = cProfile.Profile() if profile else None
     t0, n0 = proc.cpu_times(), count[0]
@@ -116,8 +216,20 @@ async def _measure(count: list[int], expected: int, duration: float, profile: bo
         "wall_s": round(time.monotonic() - w0, 2),
         "cpu_s": round(cpu, 2),
         "per_core": round((n1 - n0) / cpu) if cpu > 0 else 0,
+        "rss_subscribed_mb": rss_subscribed,
         "rss_mb": round(proc.memory_info().rss / 2**20, 1),
+        "threads": proc.num_threads(),
     }
+    if tracemalloc.is_tracing():
+        result["allocations"] = _top_allocations(_TRACE_TOP[0])
+    result["mappings"] = _mapping_summary(6)
+    result["pandas"] = "pandas" in sys.modules
+    heap = _heap_mb()
+    if heap is not None:
+        result["heap_mb"], result["heap_used_mb"] = round(heap[0], 1), round(heap[1], 1)
+    if _release_free_memory():
+        # The end RSS if the C heap handed back all its free pages: the rest is live or not malloc's.
+        result["rss_trimmed_mb"] = _rss_mb()
     if prof is not None:
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)
@@ -170,6 +282,7 @@ async def _tidm(
 ) -> dict[str, Any]:
     from tidm.edge_agent.batcher import Batcher
     from tidm.edge_agent.config import OpcUaSourceSettings
+    from tidm.edge_agent.metrics import AgentMetrics
     from tidm.edge_agent.sources.base import RawSample
     from tidm.edge_agent.sources.opcua import OpcUaSource, PlannedNode
     from tidm.simulator import Simulator
@@ -183,10 +296,11 @@ async def _tidm(
         count[0] += len(samples)
 
     sources = []
+    metrics = AgentMetrics()
     for info, cfg in zip(sims, configs, strict=True):
         plan = [PlannedNode(a, s, n) for (a, s), n in Simulator(cfg).node_ids().items()]
         settings = OpcUaSourceSettings(endpoint=info["endpoint"], security="none", timeout_s=30)
-        sources.append(OpcUaSource(settings, plan))
+        sources.append(OpcUaSource(settings, plan, metrics=metrics.source(settings.endpoint)))
     stop = asyncio.Event()
     tasks = [asyncio.create_task(s.run(emit, stop)) for s in sources]
 
@@ -210,10 +324,22 @@ async def _tidm(
 def _worker(args: argparse.Namespace) -> None:
     spec = json.loads(Path(args.spec).read_text(encoding="utf-8"))
     configs = _configs(spec["signals"], spec["processes"], spec["period_ms"])
+    # What each side imports before it connects (the coroutines import the same again, for free).
+    if args.worker == "baseline":
+        import asyncua  # noqa: F401
+    else:
+        import tidm.edge_agent.batcher
+        import tidm.edge_agent.sources.opcua  # noqa: F401
+    gc.collect()
+    rss_import = _rss_mb()
+    if spec["tracemalloc"]:
+        tracemalloc.start()
+        _TRACE_TOP[0] = spec["tracemalloc"]
     if args.worker == "baseline":
         result = asyncio.run(_baseline(spec["sims"], configs, spec["duration"]))
     else:
         result = asyncio.run(_tidm(spec["sims"], configs, spec["duration"], spec["profile"]))
+    result["rss_import_mb"] = rss_import
     print(json.dumps(result), flush=True)  # noqa: T201 - the worker's report
 
 
@@ -239,6 +365,7 @@ def main() -> None:
     parser.add_argument("--period-ms", type=int, default=1000)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="N")
     parser.add_argument("--worker", choices=["baseline", "tidm"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -256,6 +383,7 @@ def main() -> None:
                 "period_ms": args.period_ms,
                 "duration": args.duration,
                 "profile": args.profile,
+                "tracemalloc": args.tracemalloc,
                 "sims": [info for _, info in sims],
             }
             spec_path = workdir / "spec.json"
@@ -270,13 +398,29 @@ def main() -> None:
         f"OPC UA edge path: {signals} signals, {len(configs)} simulator processes, period {args.period_ms} ms"
     )
     print(head)  # noqa: T201
-    print(f"{'':10} {'samples':>9} {'cpu s':>7} {'samples/s/core':>15} {'RSS MB':>8}")  # noqa: T201
+    print(  # noqa: T201
+        f"{'':10} {'samples':>9} {'cpu s':>7} {'samples/s/core':>15} {'RSS MB: import':>15} "
+        f"{'subscribed':>10} {'end':>6} {'(trimmed)':>9} {'C heap/in use':>14} {'threads':>7}"
+    )
     for name, r in (("baseline", baseline), ("tidm", tidm)):
-        print(f"{name:10} {r['samples']:>9} {r['cpu_s']:>7} {r['per_core']:>15,} {r['rss_mb']:>8}")  # noqa: T201
+        heap = f"{r['heap_mb']}/{r['heap_used_mb']}" if "heap_mb" in r else "-"
+        print(  # noqa: T201
+            f"{name:10} {r['samples']:>9} {r['cpu_s']:>7} {r['per_core']:>15,} {r['rss_import_mb']:>15} "
+            f"{r['rss_subscribed_mb']:>10} {r['rss_mb']:>6} {r.get('rss_trimmed_mb', '-'):>9} {heap:>14} "
+            f"{r['threads']:>7}"
+        )
     ratio = tidm["per_core"] / baseline["per_core"] if baseline["per_core"] else float("nan")
-    print(
-        f"tidm / baseline samples per core: {ratio:.2f}x; RSS tidm - baseline: "  # noqa: T201
-        f"{tidm['rss_mb'] - baseline['rss_mb']:+.1f} MB"
+    print(f"tidm / baseline samples per core: {ratio:.2f}x")  # noqa: T201
+    print(  # noqa: T201
+        "RSS tidm - baseline: "
+        + ", ".join(
+            f"{label} {tidm[key] - baseline[key]:+.1f} MB"
+            for label, key in (
+                ("import", "rss_import_mb"),
+                ("subscribed", "rss_subscribed_mb"),
+                ("end", "rss_mb"),
+            )
+        )
     )
     rate_ok = tidm["per_core"] >= TARGET_RATE
     rss_ok = tidm["rss_mb"] <= TARGET_RSS_MB
@@ -284,6 +428,12 @@ def main() -> None:
     print(f"target RSS <= {TARGET_RSS_MB} MB at {signals} signals: {'met' if rss_ok else 'NOT met'}")  # noqa: T201
     if "profile" in tidm:
         print(tidm["profile"])  # noqa: T201
+    for name, r in (("baseline", baseline), ("tidm", tidm)):
+        pandas = "pandas imported (not in the runtime lock)" if r["pandas"] else "no pandas"
+        print(f"{name}: {r['mappings']}; {pandas}")  # noqa: T201
+    for name, r in (("baseline", baseline), ("tidm", tidm)):
+        if "allocations" in r:
+            print(f"{name}: {r['allocations']}")  # noqa: T201
 
 
 if __name__ == "__main__":

@@ -81,19 +81,96 @@ def samples_table(
     status_code: Sequence[int] | np.ndarray,
     seq: Sequence[int] | np.ndarray,
 ) -> pa.Table:
-    """Build a samples table from column sequences (timestamps as integer µs since the epoch)."""
+    """Build a samples table from column sequences (timestamps as integer µs since the epoch).
+
+    NumPy columns of the schema's dtype are wrapped without a copy, and lists of strings and of
+    floats are encoded here: `pa.array()` on any Python or NumPy input consults pyarrow's pandas
+    shim, which imports pandas (about 30 MB) wherever it is installed, though nothing here needs it.
+    Other inputs go through `pa.array()` with its checks.
+    """
     arrays = [
-        pa.array(ts_us, type=pa.int64()).cast(_TS),
-        pa.array(recv_ts_us, type=pa.int64()).cast(_TS),
-        pa.array(asset_id, type=pa.string()).dictionary_encode().cast(_DICT),
-        pa.array(signal, type=pa.string()).dictionary_encode().cast(_DICT),
-        pa.array(value, type=pa.float64()),
-        pa.array(value_text, type=pa.string()),
-        pa.array(quality, type=pa.uint8()),
-        pa.array(status_code, type=pa.uint32()),
-        pa.array(seq, type=pa.uint64()),
+        _numeric(ts_us, np.int64, _TS),
+        _numeric(recv_ts_us, np.int64, _TS),
+        _dictionary(asset_id),
+        _dictionary(signal),
+        _floats(value),
+        _strings(value_text),
+        _numeric(quality, np.uint8, pa.uint8()),
+        _numeric(status_code, np.uint32, pa.uint32()),
+        _numeric(seq, np.uint64, pa.uint64()),
     ]
     return pa.Table.from_arrays(arrays, schema=SAMPLES_SCHEMA)
+
+
+def _numeric(values: Sequence[int] | np.ndarray, dtype: type[np.generic], arrow: pa.DataType) -> pa.Array:
+    if isinstance(values, np.ndarray) and values.dtype == dtype and values.ndim == 1:
+        data = np.ascontiguousarray(values)
+        return pa.Array.from_buffers(arrow, len(data), [None, pa.py_buffer(data)])
+    if arrow == _TS:
+        return pa.array(values, type=pa.int64()).cast(_TS)
+    return pa.array(values, type=arrow)
+
+
+def _floats(values: Sequence[float | None] | np.ndarray) -> pa.Array:
+    if not isinstance(values, list | tuple):
+        return pa.array(values, type=pa.float64())
+    try:
+        data = np.array(values, dtype=np.float64)  # None -> NaN, masked as null below
+    except (TypeError, ValueError):  # not numbers: let pyarrow reject them with its message
+        return pa.array(values, type=pa.float64())
+    if data.ndim != 1:
+        return pa.array(values, type=pa.float64())
+    nulls = values.count(None)
+    return pa.Array.from_buffers(
+        pa.float64(),
+        len(data),
+        [_validity(values) if nulls else None, pa.py_buffer(data)],
+        null_count=nulls,
+    )
+
+
+def _strings(values: Sequence[str | None]) -> pa.Array:
+    if not isinstance(values, list | tuple):
+        return pa.array(values, type=pa.string())
+    n = len(values)
+    nulls = values.count(None)
+    if nulls == n:
+        return pa.nulls(n, pa.string())
+    try:
+        encoded = [b"" if v is None else v.encode() for v in values]
+    except (AttributeError, UnicodeEncodeError):  # not str: let pyarrow convert or reject it
+        return pa.array(values, type=pa.string())
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=n), out=offsets[1:])
+    if offsets[-1] >= 2**31:
+        return pa.array(values, type=pa.string())
+    return pa.Array.from_buffers(
+        pa.string(),
+        n,
+        [
+            _validity(values) if nulls else None,
+            pa.py_buffer(offsets.astype(np.int32)),
+            pa.py_buffer(b"".join(encoded)),
+        ],
+        null_count=nulls,
+    )
+
+
+def _dictionary(values: Sequence[str]) -> pa.Array:
+    if not isinstance(values, list | tuple):
+        return pa.array(values, type=pa.string()).dictionary_encode().cast(_DICT)
+    codes: dict[str, int] = {}
+    indices = np.fromiter(
+        (codes.setdefault(v, len(codes)) for v in values), dtype=np.int32, count=len(values)
+    )
+    if None in codes:  # a null name: let pyarrow encode it as before
+        return pa.array(values, type=pa.string()).dictionary_encode().cast(_DICT)
+    return pa.DictionaryArray.from_arrays(_numeric(indices, np.int32, pa.int32()), _strings(list(codes)))
+
+
+def _validity(values: Sequence[object]) -> pa.Buffer:
+    valid = np.fromiter((v is not None for v in values), dtype=np.bool_, count=len(values))
+    return pa.py_buffer(np.packbits(valid, bitorder="little"))
 
 
 def check_samples(table: pa.Table, *, where: str) -> pa.Table:

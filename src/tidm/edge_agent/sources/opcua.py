@@ -45,6 +45,7 @@ from typing import Any, Literal
 from tidm.edge_agent.config import OpcUaSourceSettings
 from tidm.edge_agent.errors import SourceError, SourceUnavailable
 from tidm.edge_agent.metrics import NullSourceMetrics, SourceMetrics
+from tidm.edge_agent.sources._memory import release_free_memory
 from tidm.edge_agent.sources.base import Emit, RawSample
 from tidm.errors import MissingExtraError
 
@@ -209,7 +210,7 @@ class _Session:
     """Everything that belongs to one connection; dropped whole when the connection ends."""
 
     def __init__(self) -> None:
-        self.targets: list[tuple[str, str]] = []  # client handle -> (asset_id, signal)
+        self.targets: Sequence[PlannedNode] = ()  # client handle -> its plan row (asset, signal)
         self.lost = asyncio.Event()
         self.last_publish = time.monotonic()
         self.subscription_id: int | None = None
@@ -231,7 +232,8 @@ class OpcUaSource:
         self._asyncua, self._ua = _asyncua()
         self.settings = settings
         self._plan = list(plan) if plan is not None else None
-        self._parsed = [_parse_node_id(p) for p in self._plan] if self._plan is not None else None
+        for planned in self._plan or ():
+            _parse_node_id(planned)  # refuse a malformed node id now; parsed again per connection
         self.metrics: SourceMetrics = metrics or NullSourceMetrics()
         self.stats = OpcUaSourceStats()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
@@ -309,45 +311,14 @@ class OpcUaSource:
             if self.stats.connects > 1:
                 self.stats.reconnects += 1
                 self.metrics.reconnected()
-            await self._read_limits(client)
-            plan = self._plan if self._plan is not None else await self.browse_plan(client)
-            parsed = self._parsed if self._parsed is not None else [_parse_node_id(p) for p in plan]
-            node_ids = await self._resolve(client, plan, parsed)
-            to_poll: list[tuple[int, Any]] = []
-            backfill = self.settings.backfill and self._last_taken is not None
-            if backfill:
-                session.held = []
-            if self.settings.mode == "subscribe":
-                to_poll = await self._subscribe(client, session, plan, node_ids, emit)
-            else:
-                to_poll = [(i, nid) for i, nid in enumerate(node_ids) if nid is not None]
-            session.targets = [(p.asset_id, p.signal) for p in plan]
-            if backfill:
-                # Before the pollers start: a poll's current value must come after the history.
-                newest = await self._backfill(client, plan, node_ids, emit)
-                self._release_held(session, newest, emit)
-            self.stats.polled = len(to_poll)
-            self.metrics.nodes("subscribe", self.stats.subscribed)
-            self.metrics.nodes("poll", self.stats.polled)
-            self.metrics.nodes("failed", self.stats.failed + self.stats.unresolved)
-            for interval, group in self._poll_groups(plan, to_poll).items():
-                pollers.append(
-                    asyncio.create_task(
-                        self._poll(client, session, plan, group, interval, emit), name=f"poll:{self.name}"
-                    )
-                )
+            await self._set_up(client, session, emit, pollers)
             self.stats.connected = True
             self.metrics.connected(True)
-            log.info(
-                "%s: collecting %d subscribed + %d polled of %d planned nodes (limits: read %d, items %d)",
-                self.name,
-                self.stats.subscribed,
-                self.stats.polled,
-                len(plan),
-                self.stats.max_nodes_per_read,
-                self.stats.max_items_per_call,
-            )
             self._established = True
+            # Importing asyncua and creating thousands of monitored items leave tens of MB freed
+            # but resident in the C heap; hand them back once the connection is set up (what
+            # `_set_up` needed only while setting up is garbage by now).
+            release_free_memory()
             await self._watch(client, session, stop, pollers)
         finally:
             self.stats.connected = False
@@ -359,9 +330,52 @@ class OpcUaSource:
                     await task
             await self._close(client, session, connected=connected, graceful=stop.is_set())
             # Drop every reference to this connection so nothing of it survives the next one.
-            session.targets = []
+            session.targets = ()
             self._session = None
             client.connection_lost_callback = None
+
+    async def _set_up(
+        self, client: Any, session: _Session, emit: Emit, pollers: list[asyncio.Task[None]]
+    ) -> None:
+        """Resolve, subscribe, backfill and start the pollers (appended to `pollers`).
+
+        The per-node lists built here (parsed ids, NodeIds, poll lists) are dropped on return:
+        only the subscription's client handles and the pollers' own groups are kept."""
+        await self._read_limits(client)
+        plan = self._plan if self._plan is not None else await self.browse_plan(client)
+        node_ids = await self._resolve(client, plan, [_parse_node_id(p) for p in plan])
+        to_poll: list[tuple[int, Any]] = []
+        backfill = self.settings.backfill and self._last_taken is not None
+        if backfill:
+            session.held = []
+        if self.settings.mode == "subscribe":
+            to_poll = await self._subscribe(client, session, plan, node_ids, emit)
+        else:
+            to_poll = [(i, nid) for i, nid in enumerate(node_ids) if nid is not None]
+        session.targets = plan
+        if backfill:
+            # Before the pollers start: a poll's current value must come after the history.
+            newest = await self._backfill(client, plan, node_ids, emit)
+            self._release_held(session, newest, emit)
+        self.stats.polled = len(to_poll)
+        self.metrics.nodes("subscribe", self.stats.subscribed)
+        self.metrics.nodes("poll", self.stats.polled)
+        self.metrics.nodes("failed", self.stats.failed + self.stats.unresolved)
+        for interval, group in self._poll_groups(plan, to_poll).items():
+            pollers.append(
+                asyncio.create_task(
+                    self._poll(client, session, plan, group, interval, emit), name=f"poll:{self.name}"
+                )
+            )
+        log.info(
+            "%s: collecting %d subscribed + %d polled of %d planned nodes (limits: read %d, items %d)",
+            self.name,
+            self.stats.subscribed,
+            self.stats.polled,
+            len(plan),
+            self.stats.max_nodes_per_read,
+            self.stats.max_items_per_call,
+        )
 
     async def _watch(
         self, client: Any, session: _Session, stop: asyncio.Event, pollers: list[asyncio.Task[None]]
@@ -579,7 +593,7 @@ class OpcUaSource:
         params.MaxNotificationsPerPublish = 0
         params.PublishingEnabled = True
         params.Priority = 0
-        session.targets = [(p.asset_id, p.signal) for p in plan]
+        session.targets = plan
         callback = self._publish_callback(session, emit)
         try:
             result = await client.uaclient.create_subscription(params, callback=callback)
@@ -716,7 +730,7 @@ class OpcUaSource:
                         handle = item.ClientHandle
                         if handle >= n_targets:
                             continue
-                        asset_id, signal = targets[handle]
+                        target = targets[handle]
                         dv = item.Value
                         variant = dv.Value
                         raw = variant.Value if variant is not None else None
@@ -728,8 +742,8 @@ class OpcUaSource:
                         src = dv.SourceTimestamp
                         append(
                             RawSample(
-                                asset_id,
-                                signal,
+                                target.asset_id,
+                                target.signal,
                                 # asyncua decodes timestamps as aware UTC datetimes.
                                 recv if src is None else (src - epoch) // one_us,
                                 recv,
