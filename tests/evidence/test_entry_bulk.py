@@ -28,6 +28,18 @@ def test_bulk_accepts_canonical_entries_and_parses_them_alike() -> None:
         GOOD[0].replace(b'"RECEIVE"', b'"NOPE"'),
         GOOD[0][:-7] + b',"w":2,"v":1}',
         GOOD[0] + b"," + GOOD[1],
+        # What the grammar of the flat shape must refuse (and the JSON path too).
+        GOOD[0].replace(b'"offset":0', b'"offset":-0'),
+        GOOD[0].replace(b'"offset":0', b'"offset":00'),
+        GOOD[0].replace(b'"offset":0', b'"offset":12345678901234567'),
+        GOOD[0].replace(b'"actor":"', b'"actor":"\\/'),
+        GOOD[0].replace(b'"actor":"', b'"actor":"\\u0041'),
+        GOOD[0].replace(b'"actor":"', b'"actor":"\\u001F'),
+        GOOD[0].replace(b'"actor":"', b'"actor":"\t'),
+        GOOD[0].replace(b'"offset":0', b'"offset":0,"offset":0'),
+        GOOD[0].replace(b'"offset":0', b'"zz":0,"offset":0'),
+        GOOD[0].replace(b'"time_us":', b'"time_us":9'),
+        GOOD[0].replace(b'"offset":0', b'"offset":NaN'),
     ],
 )
 def test_bulk_refuses_anything_else(bad: bytes) -> None:
@@ -67,3 +79,32 @@ def test_sqlite_append_canonical_matches_append(tmp_path) -> None:  # type: igno
         b.append_canonical(GOOD)
         assert a.root() == b.root()
         assert [i.canonical for i in b.read()] == GOOD
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(st.characters(max_codepoint=0x7F), max_size=4),
+        st.one_of(
+            st.integers(-(2**54), 2**54), st.text(st.characters(max_codepoint=0x7F), max_size=6), st.none()
+        ),
+        max_size=4,
+    ),
+    st.text(st.characters(max_codepoint=0x7F), min_size=1, max_size=6),
+    st.integers(0, 2**53 - 1),
+    st.data(),
+)
+def test_flat_shape_check_never_accepts_what_the_exact_check_refuses(
+    attributes: dict[str, object], actor: str, time_us: int, data: st.DataObject
+) -> None:
+    entry = EvidenceEntry(EventType.SEND, "a" * 64, actor, time_us, ("b" * 64,), attributes)
+    try:
+        good = canonical_bytes(entry)
+    except EntryError:
+        return
+    assert all_canonical([good])  # refusing a valid entry would only be slow; accepting a bad one is wrong
+    position = data.draw(st.integers(0, len(good) - 1))
+    edit = data.draw(st.sampled_from([b"", b" ", b"\\", b'"', b"0", b"9", b",", b"}", b"A", b"-"]))
+    mutated = good[:position] + edit + good[position + data.draw(st.integers(0, 2)) :]
+    if all_canonical([mutated]):
+        assert canonical_bytes(entry_from_canonical(mutated)) == mutated

@@ -261,6 +261,31 @@ def test_frontier_reports_every_completed_subtree() -> None:
         Frontier(13, [])
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 70), st.lists(st.integers(0, 40), min_size=1, max_size=4))
+def test_extend_completes_the_subtrees_append_does(before: int, batches: list[int]) -> None:
+    leaves = make_leaves(before + sum(batches))
+    one, many = Frontier(), Frontier()
+    for leaf in leaves[:before]:
+        one.append(leaf)
+        many.append(leaf)
+    position = before
+    for count in batches:
+        expected = {
+            (level, index): value
+            for leaf in leaves[position : position + count]
+            for level, index, value in one.append(leaf)
+        }
+        got = {
+            (level, first + offset): value
+            for level, first, values in many.extend(leaves[position : position + count])
+            for offset, value in enumerate(values)
+        }
+        assert got == expected
+        assert (many.size, many.hashes(), many.root()) == (one.size, one.hashes(), one.root())
+        position += count
+
+
 @pytest.mark.parametrize("size", range(1, 40))
 def test_matches_reference_model_exhaustively(size: int) -> None:
     leaves = make_leaves(size)

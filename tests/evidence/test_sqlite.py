@@ -11,6 +11,7 @@ import pytest
 from tests.evidence._support import REPLAYED_FROM, append_worker, make_entry
 
 from tidm.evidence import (
+    EventType,
     EvidenceError,
     Signer,
     SqliteEvidenceLog,
@@ -157,3 +158,19 @@ def test_two_processes_append_to_one_file(tmp_path: Path, signer: Signer) -> Non
         assert log.root() == merkle.root([item.leaf_hash for item in logged])
         report = verify_log(log, [signer.verifier], log.checkpoint(signer))
         assert report.ok, report.problems
+
+
+def test_find_filters_by_event_and_actor(tmp_path: Path) -> None:
+    entries = [
+        make_entry(1, event=EventType.CREATE, actor="agent-1"),
+        make_entry(1, event=EventType.RECEIVE, actor="job:a"),
+        make_entry(1, event=EventType.RECEIVE, actor="job:b"),
+        make_entry(2, event=EventType.RECEIVE, actor="job:a"),
+    ]
+    with SqliteEvidenceLog(tmp_path / "e.db") as log:
+        log.append(entries)
+        subject = entries[0].subject
+        assert [i.index for i in log.find(subject)] == [0, 1, 2]
+        assert [i.index for i in log.find(subject, event=EventType.RECEIVE)] == [1, 2]
+        assert [i.index for i in log.find(subject, event=EventType.RECEIVE, actor="job:a")] == [1]
+        assert log.find(subject, actor="job:c") == []

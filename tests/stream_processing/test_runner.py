@@ -152,6 +152,14 @@ async def _exercise(rig: Rig, tmp_path: Path) -> tuple[SqliteEvidenceLog, dict[s
         assert entry.subject == hashlib.sha256(value).hexdigest()
         assert entry.attributes["topic"] == rig.topic and entry.attributes["partition"] == 0
         assert 1 <= entry.attributes["offset"] <= 6
+    # One append per landing: a unit's RECEIVE entries come right before the entries of what it made.
+    logged = list(evidence.read())
+    steps = [i for i in logged if i.entry.event == EventType.CONTENT_MODIFIED]
+    assert steps
+    for step in steps:
+        before = logged[step.index - len(step.entry.inputs) : step.index]
+        assert [i.entry.event for i in before] == [EventType.RECEIVE] * len(step.entry.inputs)
+        assert sorted(i.entry.subject for i in before) == sorted(step.entry.inputs)
     return evidence, bad
 
 

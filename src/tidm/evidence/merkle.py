@@ -98,8 +98,9 @@ class Frontier:
     """
 
     def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
-        if len(hashes) != len(border(size)):
-            msg = f"a tree of {size} leaves has {len(border(size))} border hashes, got {len(hashes)}"
+        _check_size(size)
+        if len(hashes) != size.bit_count():  # one border subtree per bit set: len(border(size))
+            msg = f"a tree of {size} leaves has {size.bit_count()} border hashes, got {len(hashes)}"
             raise OutOfRangeError(msg)
         self._size = size
         self._stack = list(hashes)
@@ -121,6 +122,48 @@ class Frontier:
             level += 1
             created.append((level, index, current))
         self._size += 1
+        return created
+
+    def extend(self, leaves: Sequence[bytes]) -> list[tuple[int, int, list[bytes]]]:
+        """Append many leaf hashes; return, per level, (level, first index, hashes) of the subtrees
+        they complete, in index order (level 0 being the leaves).
+
+        The same subtrees as `append` one leaf at a time, hashed level by level: one pass per level
+        over a list instead of a Python loop per leaf.
+        """
+        if not leaves:
+            return []
+        old_size = self._size
+        new_size = old_size + len(leaves)
+        # Border hashes by level: the old border has one node at each level whose bit is set in size.
+        border_by_level: dict[int, bytes] = {}
+        position = 0
+        for level in range(old_size.bit_length() - 1, -1, -1):
+            if old_size >> level & 1:
+                border_by_level[level] = self._stack[position]
+                position += 1
+        created: list[tuple[int, int, list[bytes]]] = []
+        level, start, nodes = 0, old_size, list(leaves)
+        sha256 = hashlib.sha256
+        while nodes:
+            created.append((level, start, nodes))
+            row, row_start = nodes, start
+            if start & 1:
+                # The first new node is a right child: its left sibling is the old border node.
+                row, row_start = [border_by_level[level], *nodes], start - 1
+            parents = [sha256(b"\x01" + row[i] + row[i + 1]).digest() for i in range(0, len(row) - 1, 2)]
+            level, start, nodes = level + 1, row_start >> 1, parents
+        stack = []
+        for level in range(new_size.bit_length() - 1, -1, -1):
+            if new_size >> level & 1:
+                index = (new_size >> level) - 1
+                if level < len(created) and index >= created[level][1]:
+                    _, first, hashes = created[level]
+                    stack.append(hashes[index - first])
+                else:
+                    stack.append(border_by_level[level])
+        self._stack = stack
+        self._size = new_size
         return created
 
     def hashes(self) -> tuple[bytes, ...]:

@@ -185,6 +185,12 @@ class SqliteEvidenceLog:
                     db.execute("ROLLBACK")
                 raise
 
+    def _query(self, sql: str, parameters: tuple[object, ...]) -> list[tuple[int, bytes, bytes]]:
+        """One read statement, which SQLite runs on one snapshot by itself: no BEGIN/COMMIT round trips
+        (lookups run once per received batch)."""
+        with self._lock, self._translate():
+            return self._db.execute(sql, parameters).fetchall()
+
     @staticmethod
     def _size(db: sqlite3.Connection) -> int:
         return int(db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM entries").fetchone()[0])
@@ -238,9 +244,13 @@ class SqliteEvidenceLog:
         entry_rows: list[tuple[int, bytes, bytes, str, str, str, int]] = []
         input_rows: list[tuple[str, int]] = []
         node_rows: list[tuple[int, int, bytes]] = []
-        for canonical, leaf, entry in prepared:
-            index = frontier.size
-            node_rows.extend(frontier.append(leaf))
+        if len(prepared) == 1:
+            node_rows.extend(frontier.append(prepared[0][1]))
+        else:
+            # A batch: its subtrees hashed level by level, once, instead of leaf by leaf.
+            for level, first, hashes in frontier.extend([leaf for _, leaf, _ in prepared]):
+                node_rows.extend((level, first + offset, value) for offset, value in enumerate(hashes))
+        for index, (canonical, leaf, entry) in enumerate(prepared, size):
             entry_rows.append(
                 (index, canonical, leaf, str(entry.event), entry.subject, entry.actor, entry.time_us)
             )
@@ -325,34 +335,42 @@ class SqliteEvidenceLog:
         position, stop = max(start, 0), _MAX_INDEX if end is None else end
         while position < stop:
             with self._transaction(write=False) as db:
+                # CAST: blobs whatever a tampered row holds, converted in SQLite, not row by row here.
                 rows = db.execute(
-                    "SELECT idx, canonical, leaf_hash FROM entries "
+                    "SELECT idx, CAST(canonical AS BLOB), CAST(leaf_hash AS BLOB) FROM entries "
                     "WHERE idx >= ? AND idx < ? ORDER BY idx LIMIT ?",
                     (position, stop, _CHUNK * 4),
                 ).fetchall()
             if not rows:
                 return
-            yield [(int(i), bytes(c), bytes(h)) for i, c, h in rows]
+            yield rows
             position = rows[-1][0] + 1
 
-    def find(self, subject: str) -> list[LoggedEntry]:
-        """Entries whose subject is `subject`, in index order."""
+    def find(self, subject: str, *, event: str | None = None, actor: str | None = None) -> list[LoggedEntry]:
+        """Entries whose subject is `subject`, in index order; only of `event` and by `actor` if given.
+
+        The filters use the lookup index, so entries they exclude are never read or parsed (a job asks
+        where it received a batch, not for the agent's entries about it).
+        """
         _check_digest(subject)
-        with self._transaction(write=False) as db:
-            rows = db.execute(
-                "SELECT idx, canonical, leaf_hash FROM entries WHERE subject = ? ORDER BY idx", (subject,)
-            ).fetchall()
-        return list(self._logged_many(rows))
+        sql = "SELECT idx, canonical, leaf_hash FROM entries WHERE subject = ?"
+        parameters: tuple[object, ...] = (subject,)
+        if event is not None:
+            sql += " AND event = ?"
+            parameters += (str(event),)
+        if actor is not None:
+            sql += " AND actor = ?"
+            parameters += (actor,)
+        return list(self._logged_many(self._query(sql + " ORDER BY idx", parameters)))
 
     def by_input(self, subject: str) -> list[LoggedEntry]:
         """Entries that list `subject` among their inputs, in index order."""
         _check_digest(subject)
-        with self._transaction(write=False) as db:
-            rows = db.execute(
-                "SELECT e.idx, e.canonical, e.leaf_hash FROM inputs AS i JOIN entries AS e ON e.idx = i.idx "
-                "WHERE i.input = ? ORDER BY e.idx",
-                (subject,),
-            ).fetchall()
+        rows = self._query(
+            "SELECT e.idx, e.canonical, e.leaf_hash FROM inputs AS i JOIN entries AS e ON e.idx = i.idx "
+            "WHERE i.input = ? ORDER BY e.idx",
+            (subject,),
+        )
         return list(self._logged_many(rows))
 
     def root(self, size: int | None = None) -> bytes:
@@ -425,14 +443,13 @@ class SqliteEvidenceLog:
         while position < stop:
             with self._transaction(write=False) as db:
                 rows = db.execute(
-                    "SELECT idx, hash FROM tree "
+                    "SELECT idx, CAST(hash AS BLOB) FROM tree "
                     "WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx LIMIT ?",
                     (level, position, stop, _CHUNK * 4),
                 ).fetchall()
             if not rows:
                 return
-            for index, value in rows:
-                yield int(index), bytes(value)
+            yield from rows
             position = rows[-1][0] + 1
 
     def checkpoints(self) -> list[str]:

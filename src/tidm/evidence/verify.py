@@ -7,6 +7,7 @@ from those, compares the root with the signed checkpoint, and cross-checks what 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -278,15 +279,16 @@ class _Audit:
         hashes compared with the stored ones level by level, one range read each; anything odd takes
         the leaf-by-leaf path that says where.
         """
-        canonical = all_canonical([row[1] for row in rows])
-        leaf_hash = merkle.leaf_hash
-        leaves = [leaf_hash(row[1]) for row in rows]
+        encoded = [row[1] for row in rows]
+        canonical = all_canonical(encoded)
+        sha256 = hashlib.sha256  # merkle.leaf_hash, inlined: this loop runs once per entry
+        leaves = [sha256(b"\x00" + item).digest() for item in encoded]
         if (
             canonical
             and self.stored is not None
             and rows[0][0] == self.frontier.size
             and rows[-1][0] - rows[0][0] == len(rows) - 1
-            and all(leaf == row[2] for leaf, row in zip(leaves, rows, strict=True))
+            and leaves == [row[2] for row in rows]
         ):
             self._clean_chunk(leaves, self.stored)
             return
@@ -300,19 +302,23 @@ class _Audit:
             self._leaf(index, recomputed)
 
     def _clean_chunk(self, leaves: Sequence[bytes], stored_log: AuditableLog) -> None:
-        append = self.frontier.append
+        """Build the chunk's subtrees level by level, stopping at each signed size to compare roots."""
         targets = self.targets
+        size = self.frontier.size
+        end = size + len(leaves)
+        stops = sorted(target for target in targets if size < target < end)
         created: dict[int, list[bytes]] = {}
         first_index: dict[int, int] = {}
-        for leaf in leaves:
-            for level, node_index, value in append(leaf):
-                values = created.get(level)
-                if values is None:
-                    created[level] = [value]
-                    first_index[level] = node_index
+        position = size
+        for stop in [*stops, end]:
+            for level, node_index, values in self.frontier.extend(leaves[position - size : stop - size]):
+                if level in created:
+                    created[level].extend(values)
                 else:
-                    values.append(value)
-            if self.frontier.size in targets:
+                    created[level] = list(values)
+                    first_index[level] = node_index
+            position = stop
+            if stop in targets:
                 self._at_target()
         for level, values in created.items():
             start = first_index[level]

@@ -5,7 +5,9 @@ checks flag gaps and quarantine re-sent duplicates), groups the messages into *l
 the job spec's selection and steps on each unit, writes one Parquet object per (output table, site,
 asset, date) named from the unit's offset range, optionally re-publishes the clean result to a
 Kafka topic, appends the evidence, and only then commits the offsets. A landing intent written
-before the objects makes a restart re-land the same range under the same names.
+before the objects makes a restart re-land the same range under the same names. A unit's evidence
+(the RECEIVE entries of its messages, then its landing and output entries) is one append, one
+transaction, made durable (`sync`) before the commit.
 
 Landing units are a function of the log alone, so an uninterrupted run, a crashed-and-resumed run
 and a rebalanced run cut the same offset ranges and write the same objects:
@@ -67,14 +69,15 @@ import hashlib
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tidm.evidence.api import EventType, EvidenceEntry, EvidenceLog
+from tidm.evidence.api import EventType, EvidenceEntry, EvidenceLog, LoggedEntry
+from tidm.evidence.sqlite import SqliteEvidenceLog
 from tidm.ingest.chain import ChainChecker
 from tidm.ingest.envelope import VerifiedBatch, open_envelope
 from tidm.ingest.errors import EnvelopeError
@@ -87,6 +90,9 @@ from tidm.storage import Lake, LandedObject, LandingIntent, object_key
 from tidm.storage.errors import LakeUnavailable
 from tidm.stream_processing.spec import BoundStep, JobSpec, StepSpec, apply_steps
 from tidm.stream_processing.steps import Flag, sort_for_lake, with_flags
+
+if TYPE_CHECKING:
+    from tidm.evidence.checkpoint import Signer
 
 __all__ = [
     "HEADER_INPUTS",
@@ -172,11 +178,14 @@ class JobStats:
 
 @dataclass
 class _Received:
-    """One message of a partition: where it sits, its log time, and its batch (None: quarantined)."""
+    """One message of a partition: where it sits, its log time, and its batch (None: quarantined).
+
+    `receipt` is its RECEIVE entry, appended with the landing of its unit (one transaction)."""
 
     offset: int
     timestamp_ms: int
     batch: VerifiedBatch | None
+    receipt: EvidenceEntry | None = None
 
 
 @dataclass
@@ -207,6 +216,7 @@ class _Unit:
     intent: LandingIntent | None
     rows_in: int = 0
     rows_unselected: int = 0
+    receipts: list[EvidenceEntry] = field(default_factory=list)  # RECEIVE entries of its messages
 
 
 @dataclass
@@ -349,6 +359,55 @@ def _lake_order(table: pa.Table) -> pa.Table:
     return table
 
 
+class _ReceiptsView:
+    """The evidence log as the chain checker reads it: `find` is "where did this job receive it".
+
+    The checker looks up every batch it receives and keeps only the job's RECEIVE entries. A SQLite
+    log answers that from its lookup index, without reading and parsing the agent's entries about
+    the same batch (CREATE, SEND): the biggest share of the job's evidence cost otherwise. Other
+    stores find in memory and are asked as they are. Everything else passes through.
+    """
+
+    def __init__(self, log: EvidenceLog, actor: str) -> None:
+        self._log = log
+        self._actor = actor
+
+    def find(self, subject: str) -> list[LoggedEntry]:
+        if isinstance(self._log, SqliteEvidenceLog):
+            return self._log.find(subject, event=EventType.RECEIVE, actor=self._actor)
+        return self._log.find(subject)
+
+    def append(self, entries: Sequence[EvidenceEntry]) -> list[LoggedEntry]:
+        return self._log.append(entries)
+
+    def append_once(self, entry: EvidenceEntry) -> LoggedEntry:
+        return self._log.append_once(entry)
+
+    def size(self) -> int:
+        return self._log.size()
+
+    def read(self, start: int = 0, end: int | None = None) -> Iterator[LoggedEntry]:
+        return self._log.read(start, end)
+
+    def by_input(self, subject: str) -> list[LoggedEntry]:
+        return self._log.by_input(subject)
+
+    def root(self, size: int | None = None) -> bytes:
+        return self._log.root(size)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        return self._log.inclusion_proof(index, size)
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        return self._log.consistency_proof(old_size, new_size)
+
+    def checkpoint(self, signer: Signer | Sequence[Signer], origin: str | None = None) -> str:
+        return self._log.checkpoint(signer, origin)
+
+    def close(self) -> None:
+        self._log.close()
+
+
 class JobRunner:
     """Runs one job: consume, verify, cut units, run the spec's steps, land, evidence, commit."""
 
@@ -375,7 +434,7 @@ class JobRunner:
         self._unit_ms = max(1, int(spec.unit_s * 1000))
         self._poll_timeout_ms = poll_timeout_ms or 200
         # Provenance chain checks per agent (duplicates quarantined, gaps/reorders flagged in evidence).
-        self.chain = chain or ChainChecker(actor=self.actor, evidence=evidence)
+        self.chain = chain or ChainChecker(actor=self.actor, evidence=_ReceiptsView(evidence, self.actor))
         self._transport = transport
         self._lake = lake
         self._evidence = evidence
@@ -528,7 +587,8 @@ class JobRunner:
         self.stats.messages += len(fresh)
         batches = await self._verify(fresh)
         for m in fresh:
-            await self._add(consumer, part, _Received(m.offset, m.timestamp_ms, batches.get(m.offset)))
+            batch, receipt = batches.get(m.offset, (None, None))
+            await self._add(consumer, part, _Received(m.offset, m.timestamp_ms, batch, receipt))
 
     def _open_quietly(self, message: Message) -> VerifiedBatch | None:
         """A context message: verified again, but it was evidenced (or quarantined) when first received."""
@@ -570,9 +630,15 @@ class JobRunner:
             return False
         return now - part.quiet_since >= self.spec.idle_s
 
-    async def _verify(self, records: Sequence[Message]) -> dict[int, VerifiedBatch]:
-        ok: dict[int, VerifiedBatch] = {}
-        received: list[EvidenceEntry] = []
+    async def _verify(self, records: Sequence[Message]) -> dict[int, tuple[VerifiedBatch, EvidenceEntry]]:
+        """Verify envelopes; return each verified batch by offset with its RECEIVE entry.
+
+        The RECEIVE entries are appended with the landing of their unit, in the same transaction as
+        its other entries and before its offset commit: a message whose unit does not land (stop,
+        crash, revocation) is read, verified and received again by the next owner. Chain flags are
+        appended here, as they come.
+        """
+        ok: dict[int, tuple[VerifiedBatch, EvidenceEntry]] = {}
         flags = []
         for message in records:
             try:
@@ -583,8 +649,8 @@ class JobRunner:
                 await self._quarantine.put(message, exc)
                 self.stats.quarantined += 1
                 continue
-            ok[message.offset] = batch
-            received.append(
+            ok[message.offset] = (
+                batch,
                 EvidenceEntry(
                     event=EventType.RECEIVE,
                     subject=batch.sha256,
@@ -599,17 +665,16 @@ class JobRunner:
                         "batch_id": batch.provenance.batch_id,
                         "verified": "sha256+ed25519",
                     },
-                )
+                ),
             )
         flags.extend(self.chain.expire())
         for flag in flags:
             log.warning(
                 "chain %s, agent %s, batch %s: %s", flag.kind, flag.agent_id, flag.subject, flag.detail
             )
-        received.extend(self.chain.entries(flags))
         self.stats.chain_flags += len(flags)
-        if received:
-            self._evidence.append(received)
+        if flags:
+            self._evidence.append(self.chain.entries(flags))
         self.stats.batches += len(ok)
         return ok
 
@@ -801,7 +866,8 @@ class JobRunner:
                     objects.append(_Object(key, name, _lake_order(part_table), inputs, attributes))
             if self.spec.output_topic and outputs[0][1].num_rows:
                 publish.append(_Publish(asset, _lake_order(outputs[0][1]), inputs))
-        return _Unit(tp, first, last, objects, publish, intent, rows_in, rows_unselected)
+        receipts = [r.receipt for r in records if r.receipt is not None]
+        return _Unit(tp, first, last, objects, publish, intent, rows_in, rows_unselected, receipts)
 
     def _selected(self, members: Sequence[VerifiedBatch]) -> tuple[pa.Table, int]:
         """The members' rows the spec selects (with a `flags` column), and how many it did not."""
@@ -880,7 +946,8 @@ class JobRunner:
             intent = LandingIntent(unit.tp.topic, unit.tp.partition, unit.first, unit.last, keys)
             await asyncio.to_thread(self._lake.write_intent, intent)
         landed = await self._write_objects(unit.objects)
-        entries: list[EvidenceEntry] = []
+        # One append (one transaction) per landing: its messages' RECEIVE entries, then what it made.
+        entries: list[EvidenceEntry] = list(unit.receipts)
         for obj, done in zip(unit.objects, landed, strict=True):
             entries.extend(self._landing_entries(unit, obj, done))
         for item in unit.publish:
