@@ -14,14 +14,23 @@ what the spool and the policy cost; the wall time also counts the fsync waits. T
 disk+policy at most 10% slower than memory.
 
     .venv/bin/python bench/edge_spool.py [--samples 200000] [--rows 1000] [--rounds 3]
+    .venv/bin/python bench/edge_spool.py --profile disk+policy [--rows 100]   # where the CPU goes
+
+`--profile KIND` runs that configuration once under cProfile instead, in every thread (the agent
+seals in a worker thread, the disk spool writes in another), timed by each thread's CPU time, and
+prints the functions that cost the most (own time, all threads together).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import pstats
 import statistics
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -141,6 +150,32 @@ async def _run(kind: str, samples: list[RawSample], rows: int, work: Path) -> tu
     return len(samples) / elapsed, len(samples) / cpu
 
 
+def _profile(kind: str, samples: list[RawSample], rows: int, work: Path, top: int = 30) -> None:
+    """One run of `kind` under cProfile in every thread, by per-thread CPU time."""
+    profiles: list[cProfile.Profile] = []
+
+    def profile_this_thread(*_: object) -> None:
+        sys.setprofile(None)
+        profile = cProfile.Profile(time.thread_time)
+        profiles.append(profile)
+        profile.enable()
+
+    main = cProfile.Profile(time.thread_time)
+    threading.setprofile(profile_this_thread)  # threads started from now on (the to_thread workers)
+    main.enable()
+    try:
+        asyncio.run(_run(kind, samples, rows, work))
+    finally:
+        main.disable()
+        threading.setprofile(None)
+    stats = pstats.Stats(main)
+    for profile in profiles:  # their threads have ended with the run's executor
+        stats.add(profile)
+    print(f"{kind}: {len(samples)} samples, batches of {rows} rows; CPU time of all threads")
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -148,9 +183,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200_000)
     parser.add_argument("--rows", type=int, default=1_000, help="batch.max_rows")
     parser.add_argument("--rounds", type=int, default=3)
+    kinds = ("memory", "disk", "disk+policy")
+    parser.add_argument("--profile", choices=kinds, help="profile one run of this configuration instead")
     args = parser.parse_args()
     samples = _stream(args.samples)
-    kinds = ("memory", "disk", "disk+policy")
+    if args.profile:
+        with tempfile.TemporaryDirectory(prefix="tidm-bench-spool-") as tmp:
+            asyncio.run(_run("memory", samples[:20_000], args.rows, Path(tmp)))  # warm-up
+            _profile(args.profile, samples, args.rows, Path(tmp))
+        return
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory(prefix="tidm-bench-spool-") as tmp:
         asyncio.run(_run("memory", samples[:20_000], args.rows, Path(tmp)))  # warm-up (imports, caches)

@@ -1,4 +1,5 @@
 import asyncio
+from pathlib import Path
 
 import pytest
 from tests.fakes import MemoryProducer
@@ -107,3 +108,80 @@ async def test_agent_fails_loudly_when_the_transport_fails() -> None:
     )
     with pytest.raises(ConnectionError, match="broker gone"):
         await asyncio.wait_for(agent.run(asyncio.Event()), timeout=5)
+
+
+def test_chain_head_keeps_the_newest_source_timestamp_per_signal() -> None:
+    import pyarrow as pa
+
+    from tidm.edge_agent.batcher import AssetBatch
+    from tidm.semantics import samples_table
+
+    agent = Agent(
+        AgentSettings(agent_id="a"),
+        identity=AgentIdentity.generate("a"),
+        producer=MemoryProducer(),
+        evidence=MemoryEvidenceLog(),
+        sources=[],
+    )
+    signals = ["s1", "s2", "s1", "s3", "s2", "s1", "s3"]
+    ts = [5, 9, 7, None, 3, 6, -4]  # a null ts is skipped; a negative one never beats "unknown"
+    table = samples_table(
+        ts_us=pa.array(ts, type=pa.int64()),
+        recv_ts_us=[0] * 7,
+        asset_id=["A"] * 7,
+        signal=signals,
+        value=[1.0] * 7,
+        value_text=[None] * 7,
+        quality=[0] * 7,
+        status_code=[0] * 7,
+        seq=list(range(7)),
+    )
+    agent._head.last_ts = {"A": {"s2": 20, "s4": 1}}
+    # Two chunks with their own dictionaries, one a slice: what a batch can be made of.
+    parts = pa.concat_tables([table.slice(0, 3), table.slice(3)])
+    agent._note_timestamps(AssetBatch("A", parts, ("src",), 0, 6))
+    assert agent._head.last_ts == {"A": {"s1": 7, "s2": 20, "s4": 1}}
+    agent._note_timestamps(AssetBatch("B", table.slice(1, 1), ("src",), 0, 0))
+    assert agent._head.last_ts["B"] == {"s2": 9}
+
+
+class _SyncCountingLog(MemoryEvidenceLog):
+    def __init__(self) -> None:
+        super().__init__()
+        self.syncs = 0
+
+    def sync(self) -> None:
+        self.syncs += 1
+
+
+def test_the_disk_spool_syncs_evidence_without_keeping_its_agent_alive(tmp_path: Path) -> None:
+    import gc
+    import weakref
+
+    from tidm.edge_agent.spool import DiskSpool
+
+    evidence = _SyncCountingLog()
+    spool = DiskSpool(tmp_path, max_bytes=1 << 20, evidence=evidence).open()
+    agent = Agent(
+        AgentSettings(agent_id="a"),
+        identity=AgentIdentity.generate("a"),
+        producer=MemoryProducer(),
+        evidence=evidence,
+        sources=[],
+        spool=spool,
+    )
+    before_delete = spool.before_delete
+    assert before_delete is not None
+    agent._unsynced = True
+    before_delete()
+    assert evidence.syncs == 1
+    gc.disable()
+    try:
+        alive = weakref.ref(agent)
+        del agent
+        assert alive() is None  # freed at once: no reference cycle through the spool
+    finally:
+        gc.enable()
+    before_delete()  # the agent is gone: the log is synced anyway before files are deleted
+    assert evidence.syncs == 2
+    spool.close()

@@ -25,7 +25,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -86,6 +87,20 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+def _buffer_values(array: pa.Array) -> np.ndarray:
+    """A fixed-width integer (or timestamp) array's values, read from its data buffer (no copy; the
+    slots of null rows hold arbitrary values)."""
+    kind = "u" if pa.types.is_unsigned_integer(array.type) else "i"
+    dtype = np.dtype(f"{kind}{array.type.bit_width // 8}")
+    data = np.frombuffer(array.buffers()[1], dtype=dtype, count=array.offset + len(array))
+    return data[array.offset :]
+
+
+def _valid_mask(array: pa.Array) -> np.ndarray:
+    valid: np.ndarray = array.is_valid().to_numpy(zero_copy_only=False)
+    return valid
+
+
 class Agent:
     """Runs sources, batches their samples per asset, spools sealed batches and publishes them in order."""
 
@@ -129,7 +144,7 @@ class Agent:
         self.stats = AgentStats()
         if hasattr(self._spool, "before_delete"):
             # A group write deletes the files of sent batches only once their evidence is durable.
-            self._spool.before_delete = self._evidence_durable
+            self._spool.before_delete = self._before_delete_callback()
 
     @property
     def spool(self) -> Spool:
@@ -279,7 +294,7 @@ class Agent:
             batch = self._batcher.take(asset_id)
             rows = self._row_sources.pop(asset_id, [])
             if batch is not None:
-                batches.extend(self._split(batch, rows))
+                batches.append((batch, rows))
         if not batches:
             return
         sealed = await self._guard(asyncio.to_thread(self._seal_all, batches))
@@ -313,24 +328,30 @@ class Agent:
         return out
 
     def _seal_all(
-        self, batches: Sequence[tuple[AssetBatch, list[str]]]
+        self, taken: Sequence[tuple[AssetBatch, list[str]]]
     ) -> list[tuple[SealedBatch, ChainHead, dict[str, Any]]]:
-        """Number, desensitize and seal in chain order (in a thread: CPU work).
+        """Split, number, desensitize and seal in chain order (in a thread: CPU work).
 
         The whole round is numbered and desensitized first, then sealed: each loop keeps its code and
         data warm (interleaved with sealing, the policy's many small Arrow steps cost about twice as
-        much per batch). Each batch's chain head still carries the seq counters as of that batch."""
+        much per batch). A taken batch grown past max_rows (a backlog) goes through the policy once,
+        then is cut into its max_rows batches. Each batch's chain head still carries the seq counters
+        as of that batch."""
         prepared = []
-        for batch, rows in batches:
-            table, first, last = self._number(batch.table, rows)
-            next_seq = dict(self._head.next_seq)
-            policy_fields: dict[str, Any] = {}
-            attributes: dict[str, Any] = {}
-            if self._desensitizer is not None:
-                result = self._desensitizer.apply(table)
-                table = result.table
-                policy_fields, attributes = result.provenance_fields(), result.evidence_attributes()
-            prepared.append((batch, table, first, last, next_seq, policy_fields, attributes))
+        for whole, whole_rows in taken:
+            policy = self._desensitizer.prepare(whole.table) if self._desensitizer is not None else None
+            start = 0
+            for batch, rows in self._split(whole, whole_rows):
+                table, first, last = self._number(batch.table, rows)
+                next_seq = dict(self._head.next_seq)
+                policy_fields: dict[str, Any] = {}
+                attributes: dict[str, Any] = {}
+                if policy is not None:
+                    result = policy.piece(table, start)
+                    table = result.table
+                    policy_fields, attributes = result.provenance_fields(), result.evidence_attributes()
+                start += batch.table.num_rows
+                prepared.append((batch, table, first, last, next_seq, policy_fields, attributes))
         out = []
         for batch, table, first, last, next_seq, policy_fields, attributes in prepared:
             provenance = Provenance(
@@ -374,12 +395,34 @@ class Agent:
         return table, int(seq.min()), int(seq.max())
 
     def _note_timestamps(self, batch: AssetBatch) -> None:
+        """Raise the chain head's last source timestamp per (asset, signal) to the batch's newest.
+
+        Vectorized: the newest timestamp per signal dictionary code in NumPy, then one comparison
+        per signal of the dictionary (a handful), not one per row. Rows with a null `ts` (or a
+        null signal) are skipped."""
         last = self._head.last_ts.setdefault(batch.asset_id, {})
-        signals = batch.table.column("signal").to_pylist()
-        ts = batch.table.column("ts").cast(pa.int64()).to_pylist()
-        for signal, t in zip(signals, ts, strict=True):
-            if t is not None and t > last.get(signal, -1):
-                last[signal] = t
+        table = batch.table
+        if table.num_rows == 0:
+            return
+        si, ti = table.schema.get_field_index("signal"), table.schema.get_field_index("ts")
+        for record_batch in table.to_batches():  # aligned chunks of both columns
+            signal, ts = record_batch.column(si), record_batch.column(ti)
+            if not len(signal):
+                continue
+            codes = _buffer_values(signal.indices)
+            micros = _buffer_values(ts)
+            if signal.null_count or ts.null_count:
+                valid = _valid_mask(signal) & _valid_mask(ts)
+                codes, micros = codes[valid], micros[valid]
+                if not codes.size:
+                    continue
+            names = signal.dictionary.to_pylist()
+            newest = np.full(len(names), np.iinfo(np.int64).min, dtype=np.int64)
+            np.maximum.at(newest, codes, micros)
+            present = np.bincount(codes, minlength=len(names)) > 0
+            for name, t, seen in zip(names, newest.tolist(), present.tolist(), strict=True):
+                if seen and t > last.get(name, -1):
+                    last[name] = t
 
     def _create_entry(self, p: Provenance, sha256: str, attributes: dict[str, Any]) -> EvidenceEntry:
         return EvidenceEntry(
@@ -482,3 +525,24 @@ class Agent:
     def _evidence_durable(self) -> None:
         """Sync the log before the spool deletes the files of sent batches (their local copy)."""
         self._sync_evidence()
+
+    def _before_delete_callback(self) -> Callable[[], None]:
+        """`_evidence_durable` as a callback for the spool that does not keep the agent alive.
+
+        A spool holding the bound method would make agent and spool a reference cycle, and all the
+        agent holds (its evidence log, the batches in flight) garbage that only a later pass of the
+        cyclic collector frees. Should the agent be gone (it is not while it runs), the log is
+        synced anyway: the files of sent batches never go before their evidence is durable."""
+        method = weakref.WeakMethod(self._evidence_durable)
+        evidence = self._evidence
+
+        def before_delete() -> None:
+            durable = method()
+            if durable is not None:
+                durable()
+                return
+            sync = getattr(evidence, "sync", None)
+            if sync is not None:
+                sync()
+
+        return before_delete

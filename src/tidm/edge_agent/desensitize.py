@@ -3,8 +3,12 @@
 Each (asset, signal) of a batch is resolved once to a policy rule and a classification level
 (cached), then every action works on whole columns: numeric generalization and time coarsening are
 NumPy array operations over the rows a rule selects; text masking and pseudonymization compute the
-replacement once per distinct value (a batch holds few) and map it back with Arrow's `index_in` /
-`take`. Nothing is done per row in Python.
+replacement once per distinct value (a batch holds few) and map it back with Arrow's
+`dictionary_encode` / `take`. Nothing is done per row in Python.
+
+The column work has a fixed cost per call, so a backlog the agent cuts into several batches goes
+through it once (`prepare`), and each batch is then a slice of the results (`PreparedTable.piece`),
+the same as `apply` on that batch alone.
 
 What leaves this step is what the plant agreed to share: dropped samples are gone (and counted),
 masked and pseudonymized values are replaced in `value`/`value_text`, and the result says which
@@ -33,7 +37,7 @@ from tidm.semantics.classification import ClassificationMap, Level, load_classif
 if TYPE_CHECKING:
     from tidm.edge_agent.config import AgentSettings
 
-__all__ = ["ACTIONS", "DesensitizeResult", "Desensitizer"]
+__all__ = ["ACTIONS", "DesensitizeResult", "Desensitizer", "PreparedTable"]
 
 ACTIONS: tuple[Action, ...] = ("drop", "mask", "pseudonymize", "generalize", "pass")
 _TS = pa.timestamp("us", tz="UTC")
@@ -97,6 +101,7 @@ class _Layout:
     lut_level: np.ndarray  # MIIT level of each pair
     n_sig: int
     untouched: bool  # every pair passes: the batch can leave as it is
+    level: int  # the MIIT level every pair has, or -1 when they differ (then it is looked up per row)
 
 
 # Bounds of the per-Desensitizer caches: dictionaries seen (a source's batches reuse a few) and
@@ -185,7 +190,7 @@ class Desensitizer:
         groups: list[_Plan] = []
         group_of: dict[tuple[str, int], int] = {}
         size = max(len(assets) * n_sig, 1)
-        lut_group = np.zeros(size, dtype=np.int32)
+        lut_group = np.zeros(size, dtype=np.intp)  # bincount takes intp as it is
         lut_level = np.zeros(size, dtype=np.int8)
         for ai, asset_id in enumerate(assets):
             for si, name in enumerate(signals):
@@ -195,7 +200,10 @@ class Desensitizer:
                     groups.append(p)
                 lut_group[ai * n_sig + si] = group
                 lut_level[ai * n_sig + si] = p.level.miit
-        layout = _Layout(tuple(groups), lut_group, lut_level, n_sig, all(g.action == "pass" for g in groups))
+        uniform = int(lut_level[0]) if bool((lut_level == lut_level[0]).all()) else -1
+        layout = _Layout(
+            tuple(groups), lut_group, lut_level, n_sig, all(g.action == "pass" for g in groups), uniform
+        )
         if len(self._layouts) >= _LAYOUT_CACHE:
             self._layouts.clear()  # dictionaries that change all the time: recompute, stay bounded
         self._layouts[key] = layout
@@ -219,40 +227,45 @@ class Desensitizer:
 
     def apply(self, table: pa.Table) -> DesensitizeResult:
         """Desensitize a samples table (the canonical samples schema)."""
+        return self.prepare(table).piece(table)
+
+    def prepare(self, table: pa.Table) -> PreparedTable:
+        """Run the policy's column work on a whole samples table once; `piece` cuts the results.
+
+        The agent seals a backlog as several batches cut from one table (`max_rows` rows each):
+        with one pass over the table, the fixed cost of the column operations is paid once per
+        table instead of once per batch."""
         n = table.num_rows
         asset = _one_chunk(table.column("asset_id"))
         signal = _one_chunk(table.column("signal"))
         layout = self._layout(tuple(asset.dictionary.to_pylist()), tuple(signal.dictionary.to_pylist()))
-        pair = signal.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-        if len(asset.dictionary) > 1:
-            pair = pair + asset.indices.to_numpy(zero_copy_only=False).astype(np.int64) * layout.n_sig
-        counts: dict[str, int] = dict.fromkeys(ACTIONS, 0)
         if layout.untouched:
-            # No rule changes this batch: it leaves as it came, without a copy.
-            counts["pass"] = n
-            return self._result(table, counts, set(), layout, pair, n)
+            # No rule changes this table: its batches leave as they came, without a copy.
+            return PreparedTable(self, layout, n, asset, signal)
 
+        pair = _pairs(layout, asset, signal)
+        groups = layout.groups
         row_group = layout.lut_group[pair]
-        hits_of = np.bincount(row_group, minlength=len(layout.groups))
+        hits_of: list[int] = np.bincount(row_group, minlength=len(groups)).tolist()
         value = _one_chunk(table.column("value"))
         text = _one_chunk(table.column("value_text"))
         value_valid: np.ndarray | None = None
         text_valid: np.ndarray | None = None
         keep: np.ndarray | None = None
-        key_ids: set[str] = set()
+        key_of: dict[int, str] = {}
         now_us = self._clock_us()
         values_np: np.ndarray | None = None
-        values_changed = False
         ts_np: np.ndarray | None = None
         recv_np: np.ndarray | None = None
         rewrite: _TextRewrite | None = None
+        # Which rows change each column: a batch cut from the table replaces a column only if one
+        # of its rows does (as if it had been desensitized alone).
+        value_rows = np.zeros(n, dtype=bool)
+        text_rows = np.zeros(n, dtype=bool)
+        time_rows = np.zeros(n, dtype=bool)
 
-        for index, p in enumerate(layout.groups):
-            hits = int(hits_of[index])
-            if not hits:
-                continue
-            counts[p.action] += hits
-            if p.action == "pass":
+        for index, p in enumerate(groups):
+            if not hits_of[index] or p.action == "pass":
                 continue
             rows = row_group == index
             if p.action == "drop":
@@ -269,7 +282,7 @@ class Desensitizer:
                         values_np = value.to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
                     sel = rows & value_valid
                     values_np[sel] = _generalize(values_np[sel], rule)
-                    values_changed = True
+                    value_rows |= rows
                 if rule.time_step_ms is not None:
                     step_us = rule.time_step_ms * 1000
                     if ts_np is None:
@@ -278,57 +291,153 @@ class Desensitizer:
                     assert recv_np is not None  # noqa: S101 - set together with ts_np
                     ts_np[rows] -= ts_np[rows] % step_us
                     recv_np[rows] -= recv_np[rows] % step_us
+                    time_rows |= rows
                 continue
             # mask / pseudonymize: text replaced per distinct value; numbers become text, value null.
+            key_ids: set[str] = set()
             fn = self._rewriter(rule, now_us, key_ids)
-            text_rows = rows & text_valid
-            num_rows = rows & value_valid
-            if text_rows.any():
+            if key_ids:
+                key_of[index] = key_ids.pop()
+            text_sel = rows & text_valid
+            if text_sel.any():
                 rewrite = rewrite or _TextRewrite(text, text_valid)
-                rewrite.replace(text_rows, fn)
-            if num_rows.any():
+                rewrite.replace(text_sel, fn)
+                text_rows |= text_sel
+            num_sel = rows & value_valid
+            if num_sel.any():
                 rewrite = rewrite or _TextRewrite(text, text_valid)
                 if values_np is None:
                     values_np = value.to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
-                rewrite.set_numbers(num_rows, values_np[num_rows], fn)
-                value_valid = value_valid & ~num_rows
-                values_np[num_rows] = np.nan
-                values_changed = True
+                rewrite.set_numbers(num_sel, values_np[num_sel], fn)
+                value_valid = value_valid & ~num_sel
+                values_np[num_sel] = np.nan
+                value_rows |= num_sel
+                text_rows |= num_sel
 
-        if values_changed and values_np is not None and value_valid is not None:
-            value = pa.array(values_np, type=pa.float64(), mask=~value_valid)
-        # Only the columns that changed are replaced; the others stay as they came (no copy).
-        changed: dict[str, pa.Array] = {}
-        if values_changed:
-            changed["value"] = value
+        changed: dict[str, tuple[pa.Array, np.ndarray]] = {}
+        if values_np is not None and value_valid is not None and value_rows.any():
+            changed["value"] = (pa.array(values_np, type=pa.float64(), mask=~value_valid), value_rows)
         if rewrite is not None:
-            changed["value_text"] = rewrite.result()
-        if ts_np is not None:
-            changed["ts"] = pa.array(ts_np, type=pa.int64()).cast(_TS)
-            changed["recv_ts"] = pa.array(recv_np, type=pa.int64()).cast(_TS)
-        out = _assemble(table, changed, keep)
-        return self._result(out, counts, key_ids, layout, pair if keep is None else pair[keep], n)
+            changed["value_text"] = (rewrite.result(), text_rows)
+        if ts_np is not None and recv_np is not None:
+            changed["ts"] = (_timestamps(ts_np), time_rows)
+            changed["recv_ts"] = (_timestamps(recv_np), time_rows)
+        return PreparedTable(self, layout, n, asset, signal, pair, row_group, changed, keep, key_of)
 
-    def _result(
+
+class PreparedTable:
+    """A samples table with the policy's column work done (`Desensitizer.prepare`)."""
+
+    def __init__(
         self,
-        table: pa.Table,
-        counts: dict[str, int],
-        key_ids: set[str],
+        owner: Desensitizer,
         layout: _Layout,
-        kept: np.ndarray,
-        samples_in: int,
-    ) -> DesensitizeResult:
-        level = Level.from_miit(int(layout.lut_level[kept].max())) if kept.size else None
-        return DesensitizeResult(
-            table=table,
-            counts=counts,
-            key_ids=tuple(sorted(key_ids)),
-            level=level,
-            policy_id=self.policy.id,
-            policy_version=self.policy.version,
-            policy_hash=self.policy_hash,
-            samples_in=samples_in,
-        )
+        num_rows: int,
+        asset: pa.DictionaryArray,
+        signal: pa.DictionaryArray,
+        pair: np.ndarray | None = None,
+        row_group: np.ndarray | None = None,
+        changed: Mapping[str, tuple[pa.Array, np.ndarray]] | None = None,
+        keep: np.ndarray | None = None,
+        key_of: Mapping[int, str] | None = None,
+    ) -> None:
+        self._owner = owner
+        self._layout = layout
+        self._n = num_rows
+        self._asset = asset
+        self._signal = signal
+        self._pair = pair
+        self._row_group = row_group
+        self._changed = dict(changed or {})
+        self._keep = keep
+        self._key_of = dict(key_of or {})
+
+    def piece(self, table: pa.Table, start: int = 0) -> DesensitizeResult:
+        """The result of `Desensitizer.apply` on `table`, rows [start, start + table.num_rows) of the
+        prepared table (its columns may differ where the policy does not look, e.g. `seq`)."""
+        n = table.num_rows
+        stop = start + n
+        if not 0 <= start <= stop <= self._n:
+            msg = f"rows {start}..{stop} are not within the prepared {self._n} rows"
+            raise ValueError(msg)
+        layout = self._layout
+        counts: dict[str, int] = dict.fromkeys(ACTIONS, 0)
+        if self._row_group is None:
+            counts["pass"] = n
+            pair = None if layout.level >= 0 else self._pairs()[start:stop]
+            return _result(self._owner, table, counts, set(), _batch_level(layout, pair, n), n)
+        whole = start == 0 and n == self._n
+        row_group = self._row_group if whole else self._row_group[start:stop]
+        hits_of: list[int] = np.bincount(row_group, minlength=len(layout.groups)).tolist()
+        for p, hits in zip(layout.groups, hits_of, strict=True):
+            counts[p.action] += hits
+        key_ids = {key_id for index, key_id in self._key_of.items() if hits_of[index]}
+        changed: dict[str, pa.Array] = {}
+        touched: dict[int, bool] = {}  # ts and recv_ts share their rows: look once
+        for name, (array, rows) in self._changed.items():
+            if whole:
+                changed[name] = array
+                continue
+            hit = touched.get(id(rows))
+            if hit is None:
+                hit = touched[id(rows)] = bool(rows[start:stop].any())
+            if hit:
+                changed[name] = array.slice(start, n)
+        keep = None
+        if self._keep is not None:
+            keep = self._keep if whole else self._keep[start:stop]
+            if keep.all():
+                keep = None  # no row of this piece is dropped
+        out = _assemble(table, changed, keep)
+        kept = n if keep is None else int(np.count_nonzero(keep))
+        pair = None
+        if layout.level < 0:
+            pair = self._pairs() if whole else self._pairs()[start:stop]
+            pair = pair if keep is None else pair[keep]
+        return _result(self._owner, out, counts, key_ids, _batch_level(layout, pair, kept), n)
+
+    def _pairs(self) -> np.ndarray:
+        if self._pair is None:
+            self._pair = _pairs(self._layout, self._asset, self._signal)
+        return self._pair
+
+
+def _result(
+    owner: Desensitizer,
+    table: pa.Table,
+    counts: dict[str, int],
+    key_ids: set[str],
+    level: Level | None,
+    samples_in: int,
+) -> DesensitizeResult:
+    return DesensitizeResult(
+        table=table,
+        counts=counts,
+        key_ids=tuple(sorted(key_ids)),
+        level=level,
+        policy_id=owner.policy.id,
+        policy_version=owner.policy.version,
+        policy_hash=owner.policy_hash,
+        samples_in=samples_in,
+    )
+
+
+def _pairs(layout: _Layout, asset: pa.DictionaryArray, signal: pa.DictionaryArray) -> np.ndarray:
+    """Each row's (asset, signal) pair, as an index into the layout's lookup tables."""
+    pair: np.ndarray = signal.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    if len(asset.dictionary) > 1:
+        pair = pair + asset.indices.to_numpy(zero_copy_only=False).astype(np.int64) * layout.n_sig
+    return pair
+
+
+def _batch_level(layout: _Layout, pair: np.ndarray | None, kept: int) -> Level | None:
+    """The highest level among the rows kept (None if none is); per row only if the levels differ."""
+    if not kept:
+        return None
+    if layout.level >= 0:
+        return Level.from_miit(layout.level)
+    assert pair is not None  # noqa: S101 - given whenever the layout's levels differ
+    return Level.from_miit(int(layout.lut_level[pair].max()))
 
 
 def _generalize(v: np.ndarray, rule: Rule) -> np.ndarray:
@@ -384,41 +493,56 @@ def _validity(array: pa.Array) -> np.ndarray:
 
 def _micros(column: pa.ChunkedArray) -> np.ndarray:
     """A timestamp column as a writable int64 array of µs."""
-    micros: np.ndarray = pc.cast(_one_chunk(column), pa.int64()).to_numpy(zero_copy_only=False).copy()
-    return micros
+    array = _one_chunk(column)
+    if array.null_count:
+        micros: np.ndarray = pc.cast(array, pa.int64()).to_numpy(zero_copy_only=False).copy()
+        return micros
+    # Read the data buffer directly: a cast through Arrow costs more than the copy for a batch.
+    data = np.frombuffer(array.buffers()[1], dtype=np.int64, count=array.offset + len(array))
+    return data[array.offset :].copy()
+
+
+def _timestamps(micros: np.ndarray) -> pa.Array:
+    """µs since the epoch as a timestamp[us, UTC] array (the buffer is shared, not copied)."""
+    if micros.dtype != np.int64:  # a column with nulls came back as floats (see _micros)
+        return pa.array(micros, type=pa.int64()).cast(_TS)
+    return pa.Array.from_buffers(_TS, len(micros), [None, pa.py_buffer(micros)])
 
 
 class _TextRewrite:
     """Rewrites rows of a string column through its distinct values: one hash pass, one final take."""
 
     def __init__(self, col: pa.Array, valid: np.ndarray) -> None:
-        encoded = pc.dictionary_encode(col)
+        encoded = col.dictionary_encode()
         self._distinct: list[str] = encoded.dictionary.to_pylist()
         indices = encoded.indices
         # Read the indices buffer directly: slots of null rows hold some index, never used below.
         raw = np.frombuffer(indices.buffers()[1], dtype=np.int32, count=indices.offset + len(indices))
         self._idx = raw[indices.offset :]
         self._values: list[str] = list(self._distinct)
-        self._out = self._idx.astype(np.int64)
-        self._valid = valid.copy()
+        self._out = self._idx.copy()
+        self._valid = valid
 
     def replace(self, rows: np.ndarray, fn: Callable[[str], str]) -> None:
-        """Replace the text of `rows` (valid ones) by `fn(text)`, computed once per distinct text."""
-        sel = rows & self._valid
-        used = np.flatnonzero(np.bincount(self._idx[sel], minlength=len(self._distinct)))
-        remap = np.zeros(len(self._distinct), dtype=np.int64)
-        remap[used] = len(self._values) + np.arange(len(used))
-        self._values.extend(fn(self._distinct[u]) for u in used.tolist())
-        self._out[sel] = remap[self._idx[sel]]
+        """Replace the text of `rows` (all valid) by `fn(text)`, computed once per distinct text used.
+
+        The replacements take one slot per distinct text after the values so far (unused ones get a
+        placeholder no row points to), so a row's new slot is its distinct index plus an offset."""
+        sub = self._idx[rows]
+        used = np.bincount(sub, minlength=len(self._distinct)).tolist()
+        base = len(self._values)
+        self._values.extend(fn(text) if u else "" for text, u in zip(self._distinct, used, strict=True))
+        self._out[rows] = sub + base
 
     def set_numbers(self, rows: np.ndarray, numbers: np.ndarray, fn: Callable[[str], str]) -> None:
         """Give `rows` the text `fn(repr(number))`, computed once per distinct number."""
-        uniq, inverse = np.unique(numbers, return_inverse=True)
+        # Distinct by bit pattern, so -0.0 and 0.0 keep their own text whatever else the batch holds.
+        bits, inverse = np.unique(numbers.view(np.int64), return_inverse=True)
         base = len(self._values)
         # repr() of a float is its shortest round-trip text: the same number always gives the same input.
-        self._values.extend(fn(repr(float(x))) for x in uniq.tolist())
+        self._values.extend(fn(repr(x)) for x in bits.view(np.float64).tolist())
         self._out[rows] = base + inverse.reshape(-1)
-        self._valid |= rows
+        self._valid = self._valid | rows
 
     def result(self) -> pa.Array:
         values = pa.array(self._values, type=pa.string())
@@ -427,9 +551,10 @@ class _TextRewrite:
 
 def _assemble(table: pa.Table, changed: Mapping[str, pa.Array], keep: np.ndarray | None) -> pa.Table:
     out = table
+    schema = table.schema  # replacing a column by one of the same field keeps every position
     for name, array in changed.items():
-        i = out.schema.get_field_index(name)
-        out = out.set_column(i, out.schema.field(i), array)
+        i = schema.get_field_index(name)
+        out = out.set_column(i, schema.field(i), array)
     if keep is None:
         return out
     out = out.filter(pa.array(keep))
