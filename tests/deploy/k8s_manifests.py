@@ -145,10 +145,22 @@ def tidm_containers(overlay: str) -> list[TidmContainer]:
                 assert cm is not None, f"{item.where}: ConfigMap {ref['name']} is not in the overlay"
                 item.env.update(cm.get("data", {}))
             for var in container.get("env", []):
+                value_from = var.get("valueFrom", {})
                 if "value" in var:
                     item.env[var["name"]] = var["value"]
+                elif "configMapKeyRef" in value_from:
+                    # A key of a ConfigMap of the overlay (e.g. tidm-env), under another name.
+                    ref = value_from["configMapKeyRef"]
+                    cm = config_map(docs, ref["name"])
+                    assert cm is not None, f"{item.where}: ConfigMap {ref['name']} is not in the overlay"
+                    value = cm.get("data", {}).get(ref["key"])
+                    assert value is not None or ref.get("optional"), (
+                        f"{item.where}: {var['name']}: ConfigMap {ref['name']} has no key {ref['key']}"
+                    )
+                    if value is not None:
+                        item.env[var["name"]] = value
                 else:
-                    assert "fieldRef" in var.get("valueFrom", {}), (
+                    assert "fieldRef" in value_from, (
                         f"{item.where}: {var['name']}: secrets come from files, not variables"
                     )
                     item.env[var["name"]] = "from-the-pod-spec"

@@ -106,6 +106,12 @@ def _paths_in(settings: Any) -> list[str]:
 
 
 def _check_settings(item: TidmContainer, tmp_path: Path) -> None:
+    settings, env = _effective_settings(item, tmp_path)
+    _check_unused_env(item, settings, env)
+
+
+def _effective_settings(item: TidmContainer, tmp_path: Path) -> tuple[BaseModel, dict[str, str]]:
+    """The settings the container's process loads: its settings file from a ConfigMap plus its env."""
     docs = render(item.overlay)
     path, _, _ = _resolve(item.args)
     model = _model(path)
@@ -127,7 +133,11 @@ def _check_settings(item: TidmContainer, tmp_path: Path) -> None:
     else:
         settings_file = files.get("--config")
     env = _settings_env(item, tmp_path)
-    settings = load_settings(model, settings_file, env)
+    return load_settings(model, settings_file, env), env
+
+
+def _check_unused_env(item: TidmContainer, settings: BaseModel, env: dict[str, str]) -> None:
+    model = type(settings)
     # Variables for sections this process does not have are skipped by design (one ConfigMap
     # serves several processes); each must still be taken by some process of the overlay.
     sections = set(model.model_fields)
@@ -218,3 +228,42 @@ def test_the_data_files_the_manifests_provide_load(overlay: str, tmp_path: Path)
         assert load_access(grants, MemoryEvidenceLog()).authenticate("tidm-dev-token").name == "maintenance"
     else:
         assert not secrets, "production grants are created out of band, never kept in git"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_cluster_processes_send_evidence_to_the_topic_the_notary_sequences(
+    overlay: str, tmp_path: Path
+) -> None:
+    """Agents, jobs and the read side append to the notary's topic (no local SQLite log in a pod);
+    those that read evidence (`tidm serve`: grant read limits) read the tile store the notary writes,
+    at the same endpoint, bucket and prefix, with credentials."""
+    loaded = []
+    for n, item in enumerate(tidm_containers(overlay)):
+        where = tmp_path / str(n)
+        where.mkdir()
+        settings, _ = _effective_settings(item, where)
+        loaded.append((item, _resolve(item.args)[0], settings))
+    notaries = [s for _, path, s in loaded if path == ["notary", "run"]]
+    writers = [(i, p, s) for i, p, s in loaded if "evidence" in type(s).model_fields]
+    assert writers, f"overlays/{overlay}: no process writes evidence"
+    notary = notaries[0] if notaries else None
+    for item, path, settings in writers:
+        evidence = settings.evidence  # type: ignore[attr-defined]
+        if path == ["lake", "init"]:
+            continue  # writes no evidence
+        assert evidence.kind == "kafka", f"{item.where}: evidence goes to a local log, not the notary"
+        if notary is not None:
+            assert evidence.topic == notary.notary.topic, f"{item.where}: not the notary's topic"
+        if path == ["serve"]:
+            store = evidence.store
+            assert store is not None, f"{item.where}: tidm serve reads evidence: set evidence.store"
+            assert store.access_key is not None and store.secret_key is not None, item.where
+            assert not store.create_bucket, f"{item.where}: the notary owns the evidence bucket"
+            if notary is not None:
+                s3 = notary.store.s3
+                assert (store.endpoint, store.bucket, store.prefix, store.region) == (
+                    s3.endpoint,
+                    s3.bucket,
+                    s3.prefix,
+                    s3.region,
+                ), f"{item.where}: evidence.store is not the notary's tile store"

@@ -168,10 +168,11 @@ _KAFKA, _S3, _EQUIPMENT = {9092, 9093}, {9000, 443}, {4840, 1883, 8883}
 _FLOWS = {
     "job-clean": ("kafka", "s3"),
     "notary": ("kafka", "s3"),
-    "serve": ("s3",),
+    # Serve and expire send FETCH/EXPIRE evidence to the evidence topic; init writes none.
+    "serve": ("kafka", "s3"),
     "agent": ("kafka", "equipment"),
     "lake-init": ("s3",),
-    "lake-expire": ("s3",),
+    "lake-expire": ("kafka", "s3"),
 }
 
 
@@ -275,7 +276,7 @@ def test_prod_reaches_kafka_over_tls_with_credentials_and_exposes_serve_over_tls
     docs = render("prod")
     assert not find(docs, "Kafka") and not find(docs, "StatefulSet", "tidm-minio")
     for item in tidm_containers("prod"):
-        if item.args[:1] in (["job"], ["notary"]):
+        if item.args[:1] in (["job"], ["notary"], ["serve"]) or item.args[:2] == ["lake", "expire"]:
             assert "/run/secrets/kafka" in item.mounts, item.where
     scaled = find(docs, "ScaledObject", "tidm-job-clean")[0]
     auth = scaled["spec"]["triggers"][0]["authenticationRef"]["name"]

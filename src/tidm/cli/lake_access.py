@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tidm.cli.settings import LakeAccessSettings
-from tidm.evidence import SqliteEvidenceLog
+from tidm.cli.wiring import OpenEvidenceLog, open_evidence
 from tidm.semantics.classification import Level
 from tidm.storage import Lake
 from tidm.storage.access import AccessControl, load_access
@@ -49,7 +49,7 @@ def load_signal_infos(path: Path | None) -> dict[tuple[str, str], SignalInfo]:
 @dataclass
 class ReadSide:
     lake: Lake
-    evidence: SqliteEvidenceLog
+    evidence: OpenEvidenceLog
     access: AccessControl
     catalog: dict[tuple[str, str], SignalInfo]
     settings: LakeAccessSettings
@@ -66,8 +66,13 @@ class ReadSide:
 
 
 @contextmanager
-def open_read_side(settings: LakeAccessSettings) -> Iterator[ReadSide]:
-    evidence = SqliteEvidenceLog(settings.evidence.path)
+def open_read_side(settings: LakeAccessSettings, *, reads_for: str | None = None) -> Iterator[ReadSide]:
+    """Lake, evidence, grants and catalog. `reads_for` names the command when it reads the evidence log
+    (grant read limits count earlier reads there): with `evidence.kind: kafka` it then needs
+    `evidence.store`, and fails up front naming it when that is missing."""
+    evidence = open_evidence(
+        settings.evidence, settings.transport, client_id="tidm-lake-access", reads_for=reads_for
+    )
     try:
         yield ReadSide(
             lake=Lake.from_settings(settings.lake),

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from tidm.cli.settings import AgentProcessSettings, ConfigError, JobProcessSettings, load_settings
-from tidm.cli.wiring import build_transport
+from tidm.cli.wiring import build_transport, open_evidence
 from tidm.edge_agent import Agent, AgentStats
 from tidm.edge_agent.config import HealthSettings
 from tidm.edge_agent.desensitize import Desensitizer
@@ -24,8 +24,9 @@ from tidm.edge_agent.sources.base import Source
 from tidm.edge_agent.sources.mqtt import MqttSource
 from tidm.edge_agent.sources.opcua import OpcUaSource
 from tidm.edge_agent.spool import DiskSpool
-from tidm.evidence import SqliteEvidenceLog
+from tidm.evidence.api import EvidenceLog
 from tidm.ingest import AgentIdentity, FolderQuarantine, Quarantine, TopicQuarantine, TrustedAgents
+from tidm.ingest.transports import Transport
 from tidm.semantics.plan import load_plan
 from tidm.storage import Lake
 from tidm.stream_processing import JobRunner, JobStats
@@ -53,7 +54,24 @@ async def run_agent(settings: AgentProcessSettings, *, stop: asyncio.Event | Non
     await transport.ensure_topics([settings.agent.topic], partitions=settings.transport.partitions)
     # Group commit: the agent syncs the log before its spool deletes sent batches and when it stops
     # (a crash of the process loses nothing; a power cut loses no entry whose batch file is gone).
-    evidence = SqliteEvidenceLog(settings.evidence.path, durability="process")
+    # With `evidence.kind: kafka` each append returns after the broker's ack instead.
+    evidence = open_evidence(
+        settings.evidence, settings.transport, client_id=settings.agent.agent_id, durability="process"
+    )
+    try:
+        return await _run_agent(settings, stop, identity, desensitizer, transport, evidence)
+    finally:
+        evidence.close()
+
+
+async def _run_agent(
+    settings: AgentProcessSettings,
+    stop: asyncio.Event,
+    identity: AgentIdentity,
+    desensitizer: Desensitizer | None,
+    transport: Transport,
+    evidence: EvidenceLog,
+) -> AgentStats:
     # Sources report through `metrics.source(name)`: samples, connection state, reconnects, quarantine.
     metrics = AgentMetrics()
     sources: list[Source] = [OpcUaSource(s, metrics=metrics.source(s.endpoint)) for s in settings.agent.opcua]
@@ -72,9 +90,9 @@ async def run_agent(settings: AgentProcessSettings, *, stop: asyncio.Event | Non
         )
     spool = _open_spool(settings, evidence)
     producer = transport.producer()
-    await producer.start()
     health: HealthServer | None = None
     try:
+        await producer.start()
         agent = Agent(
             settings.agent,
             identity=identity,
@@ -92,10 +110,9 @@ async def run_agent(settings: AgentProcessSettings, *, stop: asyncio.Event | Non
         await producer.stop()
         if spool is not None:
             spool.close()
-        evidence.close()
 
 
-def _open_spool(settings: AgentProcessSettings, evidence: SqliteEvidenceLog) -> DiskSpool | None:
+def _open_spool(settings: AgentProcessSettings, evidence: EvidenceLog) -> DiskSpool | None:
     """The agent's durable spool; without one, sealed batches live in memory and die with the process."""
     if settings.agent.spool is None:
         log.warning("no agent.spool configured: unsent batches are kept in memory and lost on a crash")
@@ -171,11 +188,17 @@ async def run_job(
     transport = build_transport(settings.transport, client_id=f"job-{spec.name}")
     topics = list(spec.topics) + ([spec.output_topic] if spec.output_topic else [])
     await transport.ensure_topics(topics, partitions=settings.transport.partitions)
-    # Group commit: the runner syncs the log before each offset commit.
-    evidence = SqliteEvidenceLog(settings.evidence.path, durability="process")
     trusted = TrustedAgents.from_file(settings.trusted_agents)
+    # Group commit: the runner syncs the log before each offset commit (a sink: acked per append).
+    evidence = open_evidence(
+        settings.evidence, settings.transport, client_id=f"job-{spec.name}", durability="process"
+    )
     producer = transport.producer()
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:
+        evidence.close()
+        raise
     actor = f"job:{spec.name}"
     quarantine: Quarantine
     if settings.quarantine == "topic":

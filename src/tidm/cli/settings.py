@@ -61,9 +61,21 @@ class TransportSettings(BaseModel):
 
 
 class EvidenceSettings(BaseModel):
+    """Where a process's evidence entries go.
+
+    `sqlite`: a local log at `path` (embedded mode, one process or one host). `kafka`: the cluster's
+    evidence `topic`, over the process's transport (same bootstrap and security); the notary sequences
+    it into its store. Appends need nothing more; reads (grant read limits, durable duplicate checks)
+    are served by the notary's tile store, given as `store` (used read-only).
+    """
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    kind: Literal["sqlite", "kafka"] = "sqlite"
     path: Path = Path("evidence.db")
+    topic: str = "tidm.evidence"
+    partitions: int = Field(default=1, ge=1)
+    store: S3StoreSettings | None = None
 
 
 class AgentProcessSettings(BaseModel):
@@ -151,6 +163,8 @@ class LakeAccessSettings(BaseModel):
 
     lake: LakeSettings = LakeSettings()
     evidence: EvidenceSettings = EvidenceSettings()
+    # Used only to send evidence when `evidence.kind` is kafka (the read side has no data transport).
+    transport: TransportSettings = TransportSettings()
     read: ReadSection = ReadSection()
     serve: ServeSection = ServeSection()
 

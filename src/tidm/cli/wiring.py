@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from tidm.cli.settings import TransportSettings
+from typing import Literal, Protocol
+
+from tidm.cli.settings import ConfigError, EvidenceSettings, TransportSettings
+from tidm.evidence.api import EvidenceLog
 from tidm.ingest.transports import EmbeddedTransport, KafkaSecurity, KafkaTransport, Transport
 
-__all__ = ["build_transport"]
+__all__ = ["OpenEvidenceLog", "build_transport", "open_evidence"]
+
+
+class OpenEvidenceLog(EvidenceLog, Protocol):
+    """An evidence log a process opened and must close."""
+
+    def close(self) -> None: ...
 
 
 def build_transport(settings: TransportSettings, *, client_id: str) -> Transport:
@@ -22,3 +31,46 @@ def build_transport(settings: TransportSettings, *, client_id: str) -> Transport
         )
         return KafkaTransport(settings.bootstrap, client_id=client_id, security=security)
     return EmbeddedTransport(settings.path, partitions=settings.partitions)
+
+
+def open_evidence(
+    settings: EvidenceSettings,
+    transport: TransportSettings,
+    *,
+    client_id: str,
+    durability: Literal["power", "process"] = "power",
+    reads_for: str | None = None,
+) -> OpenEvidenceLog:
+    """The process's evidence log: the local SQLite file, or a started sink to the evidence topic.
+
+    The sink sends over its own transport built from the process's transport settings (same brokers
+    and security; its producer runs on the sink's own loop thread). With `evidence.store` it reads from
+    the notary's tile store; `reads_for` says why this process reads evidence, and makes a missing
+    `evidence.store` an error naming it instead of a failure at the first read.
+    """
+    if settings.kind == "sqlite":
+        from tidm.evidence import SqliteEvidenceLog
+
+        return SqliteEvidenceLog(settings.path, durability=durability)
+    from tidm.evidence.objectstore import S3ObjectStore
+    from tidm.evidence.tiles import TileEvidenceLog
+    from tidm.ingest.evidence_sink import KafkaEvidenceSink
+
+    if settings.store is None and reads_for is not None:
+        msg = (
+            f"evidence.store is not set: with evidence.kind kafka, {reads_for} reads the evidence log, "
+            "so give the notary's tile store (endpoint, bucket, prefix and credentials) as evidence.store"
+        )
+        raise ConfigError(msg)
+    reader = None
+    if settings.store is not None:
+        # Read-only: the notary owns the bucket, so never create it from here.
+        reader = TileEvidenceLog(S3ObjectStore(settings.store.model_copy(update={"create_bucket": False})))
+    sink = KafkaEvidenceSink(
+        build_transport(transport, client_id=f"{client_id}-evidence"),
+        settings.topic,
+        reader=reader,
+        partitions=settings.partitions,
+        owns_reader=True,
+    )
+    return sink.start()

@@ -60,10 +60,12 @@ class KafkaEvidenceSink:
         reader: EvidenceLog | None = None,
         partitions: int = 1,
         timeout_s: float = 60.0,
+        owns_reader: bool = False,
     ) -> None:
         self._transport = transport
         self.topic = topic
         self._reader = reader
+        self._owns_reader = owns_reader
         self._partitions = partitions
         self._timeout_s = timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -105,7 +107,8 @@ class KafkaEvidenceSink:
         return future.result(timeout=self._timeout_s)
 
     def close(self) -> None:
-        """Flush and stop the producer, then the loop thread (idempotent); the reader is not closed."""
+        """Flush and stop the producer, then the loop thread (idempotent); the reader is closed only if
+        the sink owns it (`owns_reader=True`)."""
         with self._lock:
             loop, thread, producer = self._loop, self._thread, self._producer
             self._producer = None
@@ -119,6 +122,10 @@ class KafkaEvidenceSink:
                 loop.close()
             with self._lock:
                 self._loop = self._thread = None
+                reader, self._owns_reader = (self._reader if self._owns_reader else None), False
+            close_reader = getattr(reader, "close", None)
+            if close_reader is not None:
+                close_reader()
 
     def __enter__(self) -> KafkaEvidenceSink:
         return self.start()
@@ -173,6 +180,11 @@ class KafkaEvidenceSink:
         """Nothing to do: every append returned only after the broker acknowledged it (acks=all)."""
 
     # -- reads: served by the store ---------------------------------------------------------------
+
+    @property
+    def can_read(self) -> bool:
+        """True when the sink has a store to serve reads (`find`, `size`, proofs)."""
+        return self._reader is not None
 
     @property
     def reader(self) -> EvidenceLog:

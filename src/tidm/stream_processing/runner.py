@@ -81,6 +81,7 @@ from tidm.evidence.sqlite import SqliteEvidenceLog
 from tidm.ingest.chain import ChainChecker
 from tidm.ingest.envelope import VerifiedBatch, open_envelope
 from tidm.ingest.errors import EnvelopeError
+from tidm.ingest.evidence_sink import KafkaEvidenceSink
 from tidm.ingest.identity import TrustedAgents
 from tidm.ingest.quarantine import Quarantine
 from tidm.ingest.transports.base import Consumer, Message, Producer, TopicPartition, Transport
@@ -375,6 +376,10 @@ class _ReceiptsView:
     def find(self, subject: str) -> list[LoggedEntry]:
         if isinstance(self._log, SqliteEvidenceLog):
             return self._log.find(subject, event=EventType.RECEIVE, actor=self._actor)
+        if isinstance(self._log, KafkaEvidenceSink) and not self._log.can_read:
+            # Append-only (no store to read): the checker's in-memory window still catches
+            # duplicates within this run; earlier runs' receipts are not consulted.
+            return []
         return self._log.find(subject)
 
     def append(self, entries: Sequence[EvidenceEntry]) -> list[LoggedEntry]:

@@ -81,7 +81,7 @@ def query_unit(
     from tidm.cli.lake_access import open_read_side
 
     wanted = [s.strip() for s in signals.split(",") if s.strip()] if signals else None
-    with open_read_side(_settings(config)) as side:
+    with open_read_side(_settings(config), reads_for="`tidm query` (grant read limits)") as side:
         frame = side.reader(principal, channel="cli").read_unit(
             asset, start, end, wanted, table, site=site, with_metadata=metadata
         )

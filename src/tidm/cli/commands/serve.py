@@ -25,7 +25,7 @@ def serve(config: Path | None) -> None:
     from tidm.storage.service import create_app
 
     settings = load_settings(LakeAccessSettings, config)
-    with open_read_side(settings) as side:
+    with open_read_side(settings, reads_for="`tidm serve` (grant read limits)") as side:
         app = create_app(side.lake, side.access, side.catalog, batch_rows=settings.serve.max_rows_per_page)
         uvicorn.run(
             app, host=settings.serve.host, port=settings.serve.port, log_level="info", access_log=False
