@@ -54,9 +54,14 @@ async def run_agent(settings: AgentProcessSettings, *, stop: asyncio.Event | Non
     await transport.ensure_topics([settings.agent.topic], partitions=settings.transport.partitions)
     # Group commit: the agent syncs the log before its spool deletes sent batches and when it stops
     # (a crash of the process loses nothing; a power cut loses no entry whose batch file is gone).
-    # With `evidence.kind: kafka` each append returns after the broker's ack instead.
+    # With `evidence.kind: kafka` the same local log is forwarded to the evidence topic in the
+    # background: an agent keeps collecting (and logging) while the uplink is down.
     evidence = open_evidence(
-        settings.evidence, settings.transport, client_id=settings.agent.agent_id, durability="process"
+        settings.evidence,
+        settings.transport,
+        client_id=settings.agent.agent_id,
+        durability="process",
+        store_and_forward=True,
     )
     try:
         return await _run_agent(settings, stop, identity, desensitizer, transport, evidence)

@@ -66,7 +66,9 @@ class EvidenceSettings(BaseModel):
     `sqlite`: a local log at `path` (embedded mode, one process or one host). `kafka`: the cluster's
     evidence `topic`, over the process's transport (same bootstrap and security); the notary sequences
     it into its store. Appends need nothing more; reads (grant read limits, durable duplicate checks)
-    are served by the notary's tile store, given as `store` (used read-only).
+    are served by the notary's tile store, given as `store` (used read-only). An edge agent with
+    `kafka` stores and forwards: it appends to the local log at `path` and a background thread sends
+    the entries on to the topic, so it never waits on the uplink.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -40,6 +40,7 @@ def open_evidence(
     client_id: str,
     durability: Literal["power", "process"] = "power",
     reads_for: str | None = None,
+    store_and_forward: bool = False,
 ) -> OpenEvidenceLog:
     """The process's evidence log: the local SQLite file, or a started sink to the evidence topic.
 
@@ -47,6 +48,9 @@ def open_evidence(
     and security; its producer runs on the sink's own loop thread). With `evidence.store` it reads from
     the notary's tile store; `reads_for` says why this process reads evidence, and makes a missing
     `evidence.store` an error naming it instead of a failure at the first read.
+
+    `store_and_forward` (edge agents): appends go to the local SQLite log at `evidence.path` and a
+    background thread forwards them to the topic, so an agent never waits on the uplink it spools for.
     """
     if settings.kind == "sqlite":
         from tidm.evidence import SqliteEvidenceLog
@@ -66,6 +70,24 @@ def open_evidence(
     if settings.store is not None:
         # Read-only: the notary owns the bucket, so never create it from here.
         reader = TileEvidenceLog(S3ObjectStore(settings.store.model_copy(update={"create_bucket": False})))
+    if store_and_forward:
+        from tidm.evidence import SqliteEvidenceLog
+        from tidm.ingest.evidence_forward import ForwardingEvidenceLog
+
+        local = SqliteEvidenceLog(settings.path, durability=durability)
+        try:
+            # A short ack timeout: the forwarder retries, and a stop waits at most this long for it.
+            sink = KafkaEvidenceSink(
+                build_transport(transport, client_id=f"{client_id}-evidence"),
+                settings.topic,
+                partitions=settings.partitions,
+                timeout_s=10.0,
+            ).start()
+        except BaseException:
+            local.close()
+            raise
+        progress = settings.path.with_name(settings.path.name + ".forwarded")
+        return ForwardingEvidenceLog(local, sink, progress).start()
     sink = KafkaEvidenceSink(
         build_transport(transport, client_id=f"{client_id}-evidence"),
         settings.topic,

@@ -67,7 +67,7 @@ class KafkaEvidenceSink:
         self._reader = reader
         self._owns_reader = owns_reader
         self._partitions = partitions
-        self._timeout_s = timeout_s
+        self.timeout_s = timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._producer: Producer | None = None
@@ -104,7 +104,7 @@ class KafkaEvidenceSink:
             msg = f"evidence sink for {self.topic} is not started"
             raise EvidenceError(msg)
         future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result(timeout=self._timeout_s)
+        return future.result(timeout=self.timeout_s)
 
     def close(self) -> None:
         """Flush and stop the producer, then the loop thread (idempotent); the reader is closed only if
@@ -114,11 +114,11 @@ class KafkaEvidenceSink:
             self._producer = None
         try:
             if producer is not None and loop is not None:
-                asyncio.run_coroutine_threadsafe(producer.stop(), loop).result(timeout=self._timeout_s)
+                asyncio.run_coroutine_threadsafe(producer.stop(), loop).result(timeout=self.timeout_s)
         finally:
             if loop is not None and thread is not None:
                 loop.call_soon_threadsafe(loop.stop)
-                thread.join(timeout=self._timeout_s)
+                thread.join(timeout=self.timeout_s)
                 loop.close()
             with self._lock:
                 self._loop = self._thread = None
@@ -145,7 +145,7 @@ class KafkaEvidenceSink:
             try:
                 self._run(producer.send(self.topic, encode_bundle(chunk), key=b"evidence", headers=headers))
             except TimeoutError as exc:
-                msg = f"evidence topic {self.topic}: no acknowledgement within {self._timeout_s} s"
+                msg = f"evidence topic {self.topic}: no acknowledgement within {self.timeout_s} s"
                 raise StoreError(msg) from exc
             self.sent_messages += 1
             self.sent_entries += len(chunk)
@@ -163,6 +163,16 @@ class KafkaEvidenceSink:
         if canonical:
             self._send(canonical)
         return [_pending(data) for data in canonical]
+
+    def append_canonical(self, canonical: Sequence[bytes]) -> None:
+        """Send entries already in canonical form (as a local log stores them), in order; return after
+        the broker's ack. A store-and-forward log sends what it logged this way, unchanged."""
+        for data in canonical:
+            if len(data) > 0xFFFF:
+                msg = f"entry is {len(data)} bytes; the evidence topic carries entries up to 65535"
+                raise EntryError(msg)
+        if canonical:
+            self._send(canonical)
 
     def append_once(self, entry: EvidenceEntry) -> LoggedEntry:
         """Return the logged entry with the same (event, subject, actor) if the store has one; else send
