@@ -404,6 +404,73 @@ def bench_pipeline(tmp: Path, batches: int, rows: int, rounds: int) -> float:
     return agent + job
 
 
+def bench_end_to_end(tmp: Path, batches: int, rounds: int) -> tuple[float, float]:
+    """The job on the real Kafka and S3 (bench/pipeline.py's rig: agent output replayed at full speed,
+    verify, chain checks, clean, Parquet on S3, commits), with and without evidence, alternated.
+
+    Returns (throughput cost, metered share): 1 - median rate with / median rate without, and the CPU
+    inside the evidence calls as a share of the job process's CPU (the broker and the object store
+    run in their own processes)."""
+    import pipeline  # bench/pipeline.py, beside this script
+
+    async def run() -> tuple[float, float]:
+        state = pipeline.services.ensure_up(["kafka", "s3"])
+        rig = pipeline.Rig(state["kafka"]["bootstrap"], state["s3"], tmp)
+        topic = f"bench-evidence-{random.getrandbits(32):08x}"
+        await rig.transport.ensure_topics([topic], partitions=pipeline.PARTITIONS)
+        base_us = time.time_ns() // 1000 - 3_600_000_000
+        sealed = [pipeline.sealed_batch(rig.identity, i, base_us + i * 500_000) for i in range(batches)]
+        await pipeline.publish_all(rig, topic, sealed)
+        total = batches * pipeline.BATCH
+        # Warm-up, not counted: first-run costs (imports, connections, caches) fall on neither side.
+        await pipeline.job_throughput(rig, topic, batches, 20, evidence=NullEvidenceLog(), name="e2e-warm")
+        rates: dict[str, list[float]] = {"without evidence": [], "with evidence": []}
+        shares: list[float] = []
+        for round_ in range(rounds):
+            order = list(rates) if round_ % 2 == 0 else list(reversed(rates))
+            for name in order:
+                evidence: Any = NullEvidenceLog()
+                meter = None
+                if name == "with evidence":
+                    # As `tidm job run` opens it: group commit, synced before each offset commit.
+                    evidence = SqliteEvidenceLog(tmp / f"e2e-{round_}.db", durability="process")
+                    meter = _Meter(evidence)
+                    meter.side = "job"
+                cpu_started = time.process_time()
+                rows, seconds = await pipeline.job_throughput(
+                    rig, topic, batches, 20, evidence=evidence, name=f"e2e-{round_}-{len(shares)}"
+                )
+                cpu = time.process_time() - cpu_started
+                assert rows == total, f"landed {rows} of {total}"
+                rates[name].append(rows / seconds)
+                if meter is not None:
+                    shares.append(meter.cpu["job"] / cpu)
+                    evidence.close()
+                print(
+                    f"  {name:<18} {rows / seconds:>12,.0f} samples/s "
+                    f"({rows:,} in {seconds:.2f} s, CPU {cpu:.2f} s)"
+                )
+        spread = statistics.quantiles(rates["without evidence"], n=4) if rounds >= 4 else [0.0, 0.0, 0.0]
+        print(
+            f"  noise: the runs without evidence alone span {spread[0]:,.0f}..{spread[2]:,.0f} samples/s "
+            "(inter-quartile): throughput differences below that are not resolved on this machine"
+        )
+        with_, without = (
+            statistics.median(rates["with evidence"]),
+            statistics.median(rates["without evidence"]),
+        )
+        return 1 - with_ / without, statistics.median(shares)
+
+    print(f"\n== end to end on the real Kafka and S3: {batches} batches x 10,000 samples, {rounds} rounds ==")
+    cost, share = asyncio.run(run())
+    print(
+        f"  evidence cost: throughput {cost * 100:+.1f}% (medians), "
+        f"metered {share * 100:.1f}% of the job's CPU "
+        f"(target <= 3%: {'met' if max(cost, share) <= 0.03 else 'NOT met'} on this machine now)"
+    )
+    return cost, share
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -411,12 +478,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short run (100k entries, 40 batches)")
     parser.add_argument(
         "--only",
-        choices=["appends", "proofs", "verify", "pipeline"],
+        choices=["appends", "proofs", "verify", "pipeline", "end-to-end"],
         action="append",
         help="run only these parts (repeatable; proofs needs appends)",
     )
     args = parser.parse_args()
-    parts = set(args.only or ["appends", "proofs", "verify", "pipeline"])
+    parts = set(args.only or ["appends", "proofs", "verify", "pipeline", "end-to-end"])
     if "proofs" in parts:
         parts.add("appends")
     os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
@@ -445,6 +512,12 @@ def main() -> None:
             ratios.append(
                 "pipeline CPU share of evidence calls (fsync per commit, metered): "
                 f"{cost:.3f} (target <= 0.030)"
+            )
+        if "end-to-end" in parts:
+            cost, share = bench_end_to_end(tmp, 40 if args.quick else 120, 3 if args.quick else 15)
+            ratios.append(f"end-to-end throughput cost of evidence: {cost:.3f} (target <= 0.030)")
+            ratios.append(
+                f"end-to-end job CPU share of evidence calls (metered): {share:.3f} (target <= 0.030)"
             )
     print("\n== ratios ==")
     for line in ratios:

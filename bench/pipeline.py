@@ -63,7 +63,7 @@ SIGNALS = 20
 PARTITIONS = 2
 
 
-def _sealed(identity: AgentIdentity, i: int, created_us: int) -> Any:
+def sealed_batch(identity: AgentIdentity, i: int, created_us: int) -> Any:
     asset = f"urn:tidm:asset:unit-{i % ASSETS}"
     per = BATCH // SIGNALS
     t0 = created_us - per * 1000
@@ -117,8 +117,12 @@ class Rig:
             region=self.s3["region"],
         )
 
-    def runner(self, topic: str, name: str, unit_messages: int, unit_s: float, idle_s: float) -> JobRunner:
-        evidence = SqliteEvidenceLog(self.tmp / f"{name}-evidence.db")
+    def runner(
+        self, topic: str, name: str, unit_messages: int, unit_s: float, idle_s: float, evidence: Any = None
+    ) -> JobRunner:
+        if evidence is None:
+            # As `tidm job run` opens it: group commit, synced before each offset commit.
+            evidence = SqliteEvidenceLog(self.tmp / f"{name}-evidence.db", durability="process")
         spec = JobSpec(
             name=name,
             topics=(topic,),
@@ -163,8 +167,10 @@ async def _run_job_until(runner: JobRunner, done: Callable[[], bool], timeout_s:
     await task
 
 
-async def job_throughput(rig: Rig, topic: str, n: int, unit: int) -> tuple[float, float]:
-    runner = rig.runner(topic, "job-tp", unit_messages=unit, unit_s=3600.0, idle_s=0.2)
+async def job_throughput(
+    rig: Rig, topic: str, n: int, unit: int, evidence: Any = None, name: str = "job-tp"
+) -> tuple[float, float]:
+    runner = rig.runner(topic, name, unit_messages=unit, unit_s=3600.0, idle_s=0.2, evidence=evidence)
     landed: dict[tuple[int, int], float] = {}
     _watch_units(runner, landed)
     first: list[float] = []
@@ -256,7 +262,7 @@ async def publish_at_rate(
             if delay > 0:
                 await asyncio.sleep(delay)
             t = time.time()
-            batch = _sealed(rig.identity, 100_000 + i, int(t * 1_000_000))
+            batch = sealed_batch(rig.identity, 100_000 + i, int(t * 1_000_000))
 
             async def send(batch: Any = batch, t: float = t) -> None:
                 d = await producer.send(topic, batch.value, key=batch.key, headers=batch.headers())
@@ -363,7 +369,7 @@ async def main_async(quick: bool, profile: bool, repeat: int = 1) -> None:
         await rig.transport.ensure_topics([topic], partitions=PARTITIONS)
         t = time.perf_counter()
         base_us = time.time_ns() // 1000 - 3_600_000_000
-        batches = [_sealed(rig.identity, i, base_us + i * 500_000) for i in range(batches_n)]
+        batches = [sealed_batch(rig.identity, i, base_us + i * 500_000) for i in range(batches_n)]
         print(f"sealed {batches_n} batches x {BATCH:,} samples in {time.perf_counter() - t:.1f} s")
         t = time.perf_counter()
         await publish_all(rig, topic, batches)

@@ -10,6 +10,7 @@ from tidm.edge_agent.sources.base import Emit, RawSample
 from tidm.evidence import MemoryEvidenceLog
 from tidm.evidence.api import EventType
 from tidm.ingest import AgentIdentity, TrustedAgents, open_envelope
+from tidm.ingest.transports.errors import TransportUnavailable
 
 
 class ListSource:
@@ -185,3 +186,57 @@ def test_the_disk_spool_syncs_evidence_without_keeping_its_agent_alive(tmp_path:
     before_delete()  # the agent is gone: the log is synced anyway before files are deleted
     assert evidence.syncs == 2
     spool.close()
+
+
+class _AppendCountingLog(MemoryEvidenceLog):
+    def __init__(self) -> None:
+        super().__init__()
+        self.send_appends = 0
+
+    def append(self, entries):  # type: ignore[no-untyped-def]
+        if entries and all(e.event == EventType.SEND for e in entries):
+            self.send_appends += 1
+        return super().append(entries)
+
+
+async def test_a_backlog_goes_in_rounds_with_one_send_append_per_round_and_resumes_after_a_failure() -> None:
+    class FailsOnce(MemoryProducer):
+        """Refuses the 5th send once (a transient broker error), then accepts everything."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+            self.gate = asyncio.Event()
+
+        async def send(self, topic, value, *, key=None, headers=()):  # type: ignore[no-untyped-def]
+            await self.gate.wait()  # a backlog builds up first
+            self.calls += 1
+            if self.calls == 5:
+                raise TransportUnavailable("leader not available")
+            return await super().send(topic, value, key=key, headers=headers)
+
+    identity = AgentIdentity.generate("agent-r")
+    producer = FailsOnce()
+    evidence = _AppendCountingLog()
+    agent = Agent(
+        AgentSettings(agent_id="agent-r", topic="t", batch=BatchSettings(max_rows=5, max_age_ms=10)),
+        identity=identity,
+        producer=producer,
+        evidence=evidence,
+        sources=[ListSource("opc.tcp://eq:4840", _samples("pump", 200), chunk=5)],
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await asyncio.sleep(0.3)
+    producer.gate.set()
+    await asyncio.sleep(1.0)
+    stop.set()
+    stats = await task
+    trusted = TrustedAgents({"agent-r": identity.public_key})
+    batches = [open_envelope(m, trusted) for m in producer.messages["t"]]
+    assert stats.rows_published == 200 and len(batches) == 40 and stats.send_retries == 1
+    assert [b.provenance.seq_first for b in batches] == [5 * i for i in range(40)], "in order, each once"
+    sends = [e.entry for e in evidence.read() if e.entry.event == EventType.SEND]
+    assert [s.subject for s in sends] == [b.sha256 for b in batches], "one SEND per batch, in order"
+    assert [s.attributes["offset"] for s in sends] == list(range(40))
+    assert evidence.send_appends < 40 / 2, "a backlog is recorded in rounds, not batch by batch"

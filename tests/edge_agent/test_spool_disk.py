@@ -328,3 +328,27 @@ async def test_pause_policy_pauses_pausable_sources_and_loses_nothing(tmp_path: 
         s for m in producer.messages["t"] for s in open_envelope(m, trusted).table.column("seq").to_pylist()
     ]
     assert seqs == list(range(200)) and stats.rows_published == 200
+
+
+async def test_batches_taken_together_are_never_dropped_and_a_release_puts_them_back(tmp_path: Path) -> None:
+    evidence = MemoryEvidenceLog()
+    chain = _chain(8)
+    size = len(chain[0][0].value)
+    bound = 4 * size + size // 2
+    spool = DiskSpool(tmp_path, max_bytes=bound, policy="drop_oldest", evidence=evidence).open()
+    for item in chain[:4]:
+        await spool.put([item])
+    await spool.flush()
+    closing = asyncio.Event()
+    taken = await spool.next_many(3, closing=closing)
+    assert [t.sha256 for t in taken] == [s.sha256 for s, _ in chain[:3]], "the oldest, in order"
+    for item in chain[4:6]:  # over the bound: the oldest not in flight goes first
+        await spool.put([item])
+    await spool.flush()
+    dropped = [e.entry.subject for e in evidence.read() if e.entry.event == EventType.DROP]
+    assert dropped == [chain[3][0].sha256, chain[4][0].sha256], "the oldest ones not in flight"
+    await spool.ack(taken[0])
+    spool.release(taken[1:])  # their send failed: unsent again, first in line
+    again = await spool.next_many(10, closing=closing)
+    assert [t.sha256 for t in again] == [s.sha256 for s, _ in [chain[1], chain[2], chain[5]]]
+    spool.close()

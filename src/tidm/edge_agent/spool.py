@@ -161,6 +161,14 @@ class Spool(Protocol):
         """The oldest unsent batch (waits for one); None once `closing` is set and nothing is left."""
         ...
 
+    async def next_many(self, limit: int, *, closing: asyncio.Event) -> list[SpooledBatch]:
+        """Up to `limit` oldest unsent batches in order (waits for one); [] when closing and empty."""
+        ...
+
+    def release(self, batches: Sequence[SpooledBatch]) -> None:
+        """Taken batches whose send failed: unsent again."""
+        ...
+
     async def ack(self, batch: SpooledBatch) -> None:
         """The transport acknowledged `batch`: mark it sent and release its space."""
         ...
@@ -203,7 +211,7 @@ class _Base:
         self._actor = actor
         self._queue: deque[_Entry] = deque()
         self._bytes = 0
-        self._inflight: int | None = None  # number of the segment the publisher is sending
+        self._inflight: set[int] = set()  # numbers of the batches the publisher is sending
         self._items = asyncio.Event()  # set when batches were added
         self._space = asyncio.Event()  # set when space was freed (or waiting is over)
         self._unbounded = False
@@ -238,7 +246,7 @@ class _Base:
         if self.policy == "drop_oldest":
             dropped = []
             while self._over(size, count):
-                victim = next((e for e in self._queue if e.number != self._inflight), None)
+                victim = next((e for e in self._queue if e.number not in self._inflight), None)
                 if victim is None:
                     break
                 self._queue.remove(victim)
@@ -308,7 +316,7 @@ class _Base:
             self._raise_failure()
             if self._queue and self._queue[0].written:
                 entry = self._queue[0]
-                self._inflight = entry.number
+                self._inflight.add(entry.number)
                 return await self._load(entry)
             if closing.is_set() and not self._queue:
                 return None
@@ -332,8 +340,27 @@ class _Base:
     def _freed(self) -> None:
         self._space.set()
 
+    async def next_many(self, limit: int, *, closing: asyncio.Event) -> list[SpooledBatch]:
+        """Up to `limit` oldest unsent batches, in order (waits for one); [] once `closing` is set and
+        nothing is left. They stay in the spool, never dropped, until acknowledged or released."""
+        first = await self.next(closing=closing)
+        if first is None:
+            return []
+        out = [first]
+        for entry in list(self._queue)[1:limit]:
+            if not entry.written:
+                break
+            self._inflight.add(entry.number)
+            out.append(await self._load(entry))
+        return out
+
+    def release(self, batches: Sequence[SpooledBatch]) -> None:
+        """Batches taken but not sent (the send failed): unsent again, first in line as before."""
+        for batch in batches:
+            self._inflight.discard(batch.number)
+
     def _pop_acked(self, batch: SpooledBatch) -> _Entry | None:
-        self._inflight = None
+        self._inflight.discard(batch.number)
         for i, entry in enumerate(self._queue):
             if entry.number == batch.number:
                 del self._queue[i]
@@ -830,7 +857,7 @@ class DiskSpool(_Base):
             return _batch_at(data, base, entry.meta, str(path))
         except (OSError, ValueError) as exc:
             # Checked on start and fsynced before its rename: only the disk can have done this.
-            self._inflight = None
+            self._inflight.clear()
             self._cache = None
             for e in [e for e in self._queue if e.group == entry.group]:
                 self._queue.remove(e)
