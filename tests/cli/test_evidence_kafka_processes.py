@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from tests.cli.test_processes import TIDM, _start, _stop
 
 from tidm.cli.main import cli
+from tidm.evidence import SqliteEvidenceLog
 from tidm.evidence.api import EventType
 from tidm.evidence.objectstore import S3ObjectStore, S3StoreSettings
 from tidm.evidence.tiles import TileEvidenceLog
@@ -103,7 +104,8 @@ def test_agent_job_and_query_evidence_reach_the_notary_and_verify(
                     "opcua": [{"endpoint": endpoint, "security": "none"}],
                 },
                 "transport": {"kind": "kafka", "partitions": 2},
-                "evidence": evidence,
+                # The agent stores and forwards: its local log lives with the test's files.
+                "evidence": {**evidence, "path": str(tmp_path / "agent-evidence.db")},
             },
         )
         job_spec = _write(
@@ -136,6 +138,11 @@ def test_agent_job_and_query_evidence_reach_the_notary_and_verify(
         while time.monotonic() < deadline and len(lake.list_keys("clean")) < 3:
             time.sleep(0.5)
         _stop(agent, tmp_path / "agent.log")
+        # Stopped cleanly, the agent forwarded its whole local log before it exited.
+        with SqliteEvidenceLog(tmp_path / "agent-evidence.db") as local:
+            logged = local.size()
+        assert logged > 0
+        assert (tmp_path / "agent-evidence.db.forwarded").read_text().strip() == str(logged)
         time.sleep(2)
         _stop(job, tmp_path / "job.log")
         # A read with a limited grant: the query counts earlier reads in the tile store (its reader)
