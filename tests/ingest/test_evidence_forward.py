@@ -62,6 +62,11 @@ class FlakySink(KafkaEvidenceSink):
 
     down = False
 
+    def start(self) -> KafkaEvidenceSink:
+        if self.down:
+            raise TimeoutError("broker unreachable")
+        return super().start()
+
     def append_canonical(self, canonical: Sequence[bytes]) -> None:
         if self.down:
             raise TimeoutError("broker unreachable")
@@ -74,8 +79,7 @@ Opened = tuple[ForwardingEvidenceLog, FlakySink, SqliteEvidenceLog]
 def _open(tmp_path: Path, *, down: bool = False) -> Opened:
     local = SqliteEvidenceLog(tmp_path / "evidence.db", durability="process")
     sink = FlakySink(EmbeddedTransport(tmp_path / "log"), "tidm.evidence", timeout_s=5.0)
-    sink.down = down
-    sink.start()
+    sink.down = down  # the forwarder starts the sink: an agent may start while the broker is away
     return ForwardingEvidenceLog(local, sink, tmp_path / "evidence.db.forwarded").start(), sink, local
 
 
@@ -151,3 +155,16 @@ def test_an_unreadable_progress_file_means_from_the_start(tmp_path: Path, value:
         assert log.forwarded == 0
     finally:
         log.close()
+
+
+def test_a_progress_file_ahead_of_its_log_sends_everything_again(tmp_path: Path) -> None:
+    (tmp_path / "evidence.db.forwarded").write_text("99")  # about another log than this one
+    log, _, local = _open(tmp_path)
+    try:
+        assert log.forwarded == 0
+        log.append([_entry(i) for i in range(3)])
+        _wait_until(lambda: log.backlog == 0)
+        expected = [item.canonical for item in local.read()]
+    finally:
+        log.close()
+    assert _topic_entries(tmp_path / "log", "tidm.evidence") == expected

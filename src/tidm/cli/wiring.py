@@ -52,9 +52,9 @@ def open_evidence(
     `store_and_forward` (edge agents): appends go to the local SQLite log at `evidence.path` and a
     background thread forwards them to the topic, so an agent never waits on the uplink it spools for.
     """
-    if settings.kind == "sqlite":
-        from tidm.evidence import SqliteEvidenceLog
+    from tidm.evidence import SqliteEvidenceLog
 
+    if settings.kind == "sqlite":
         return SqliteEvidenceLog(settings.path, durability=durability)
     from tidm.evidence.objectstore import S3ObjectStore
     from tidm.evidence.tiles import TileEvidenceLog
@@ -66,28 +66,24 @@ def open_evidence(
             "so give the notary's tile store (endpoint, bucket, prefix and credentials) as evidence.store"
         )
         raise ConfigError(msg)
+    if store_and_forward:
+        from tidm.ingest.evidence_forward import ForwardingEvidenceLog
+
+        # Not started here: the forwarder starts it (and retries), so an agent starts while the
+        # broker is away. A short ack timeout: a stop waits at most this long for the forwarder.
+        sink = KafkaEvidenceSink(
+            build_transport(transport, client_id=f"{client_id}-evidence"),
+            settings.topic,
+            partitions=settings.partitions,
+            timeout_s=10.0,
+        )
+        local = SqliteEvidenceLog(settings.path, durability=durability)
+        progress = settings.path.with_name(settings.path.name + ".forwarded")
+        return ForwardingEvidenceLog(local, sink, progress).start()
     reader = None
     if settings.store is not None:
         # Read-only: the notary owns the bucket, so never create it from here.
         reader = TileEvidenceLog(S3ObjectStore(settings.store.model_copy(update={"create_bucket": False})))
-    if store_and_forward:
-        from tidm.evidence import SqliteEvidenceLog
-        from tidm.ingest.evidence_forward import ForwardingEvidenceLog
-
-        local = SqliteEvidenceLog(settings.path, durability=durability)
-        try:
-            # A short ack timeout: the forwarder retries, and a stop waits at most this long for it.
-            sink = KafkaEvidenceSink(
-                build_transport(transport, client_id=f"{client_id}-evidence"),
-                settings.topic,
-                partitions=settings.partitions,
-                timeout_s=10.0,
-            ).start()
-        except BaseException:
-            local.close()
-            raise
-        progress = settings.path.with_name(settings.path.name + ".forwarded")
-        return ForwardingEvidenceLog(local, sink, progress).start()
     sink = KafkaEvidenceSink(
         build_transport(transport, client_id=f"{client_id}-evidence"),
         settings.topic,

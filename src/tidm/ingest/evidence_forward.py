@@ -49,6 +49,11 @@ class ForwardingEvidenceLog:
         self._batch = batch
         self._drain_s = drain_s
         self.forwarded = _read_progress(progress)
+        if self.forwarded > local.size():
+            # The local log is not the one the progress was about (replaced or restored): send it all
+            # again rather than skip entries; the notary drops the ones it already holds.
+            log.warning("evidence: %s is ahead of its log; forwarding from the start", progress.name)
+            self.forwarded = 0
         self.failures = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -57,7 +62,8 @@ class ForwardingEvidenceLog:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> ForwardingEvidenceLog:
-        """Start forwarding (the sink must be started); entries appended before are sent first."""
+        """Start forwarding (the thread starts the sink, retrying while the broker is away); entries
+        appended before are sent first."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="evidence-forward", daemon=True)
             self._thread.start()
@@ -121,6 +127,7 @@ class ForwardingEvidenceLog:
         size = self._local.size()
         if self.forwarded >= size:
             return 0
+        self._sink.start()  # at once when started; a failure is retried like a failed send
         end = min(size, self.forwarded + self._batch)
         canonical = [item.canonical for item in self._local.read(self.forwarded, end)]
         self._sink.append_canonical(canonical)
