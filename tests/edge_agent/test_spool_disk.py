@@ -352,3 +352,14 @@ async def test_batches_taken_together_are_never_dropped_and_a_release_puts_them_
     again = await spool.next_many(10, closing=closing)
     assert [t.sha256 for t in again] == [s.sha256 for s, _ in [chain[1], chain[2], chain[5]]]
     spool.close()
+
+
+def test_group_header_provenance_is_the_sealed_text_either_way() -> None:
+    # The header reuses the provenance JSON sealed into the batch; re-encoded, it is the same text.
+    from tidm.edge_agent.spool import _provenance_json, _sealed_provenance
+
+    sealed = _sealed("urn:a", 0, 3)
+    assert sealed.provenance_json
+    assert _sealed_provenance(sealed) == _provenance_json(sealed.provenance)
+    bare = SealedBatch(sealed.value, sealed.sha256, sealed.signature, sealed.provenance)
+    assert _sealed_provenance(bare) == sealed.provenance.to_json().decode("utf-8")

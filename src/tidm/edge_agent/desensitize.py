@@ -102,12 +102,27 @@ class _Layout:
     n_sig: int
     untouched: bool  # every pair passes: the batch can leave as it is
     level: int  # the MIIT level every pair has, or -1 when they differ (then it is looked up per row)
+    by_signal: np.ndarray | None  # group of each signal index when it does not depend on the asset
+
+    def row_groups(self, asset: pa.DictionaryArray, signal: pa.DictionaryArray) -> np.ndarray:
+        """Each row's rule group."""
+        if self.by_signal is not None:
+            groups: np.ndarray = self.by_signal[_indices(signal)]
+            return groups
+        return self.lut_group[_pairs(self, asset, signal)]  # type: ignore[no-any-return]
 
 
 # Bounds of the per-Desensitizer caches: dictionaries seen (a source's batches reuse a few) and
 # replacement texts (a plant's distinct operator ids, batch codes, ... stay well below this).
 _LAYOUT_CACHE = 1024
 _TEXT_CACHE = 65536
+# Up to this many distinct texts in a batch, a text rule rewrites all of them (memoized): cheaper than
+# finding the ones its rows use.
+_ALL_DISTINCT = 64
+# Arrow arrays of (distinct texts + their replacements), by content. Like the rewriters' memo, this
+# holds clear texts in the agent's memory only (never written anywhere), bounded.
+_TEXT_ARRAYS: dict[tuple[str | None, ...], pa.Array] = {}
+_TEXT_ARRAYS_MAX = 256
 
 
 class Desensitizer:
@@ -201,8 +216,16 @@ class Desensitizer:
                 lut_group[ai * n_sig + si] = group
                 lut_level[ai * n_sig + si] = p.level.miit
         uniform = int(lut_level[0]) if bool((lut_level == lut_level[0]).all()) else -1
+        per_asset = lut_group.reshape(-1, n_sig)
+        by_signal = per_asset[0].copy() if bool((per_asset == per_asset[0]).all()) else None
         layout = _Layout(
-            tuple(groups), lut_group, lut_level, n_sig, all(g.action == "pass" for g in groups), uniform
+            tuple(groups),
+            lut_group,
+            lut_level,
+            n_sig,
+            all(g.action == "pass" for g in groups),
+            uniform,
+            by_signal,
         )
         if len(self._layouts) >= _LAYOUT_CACHE:
             self._layouts.clear()  # dictionaries that change all the time: recompute, stay bounded
@@ -243,14 +266,13 @@ class Desensitizer:
             # No rule changes this table: its batches leave as they came, without a copy.
             return PreparedTable(self, layout, n, asset, signal)
 
-        pair = _pairs(layout, asset, signal)
+        row_group = layout.row_groups(asset, signal)
         groups = layout.groups
-        row_group = layout.lut_group[pair]
         hits_of: list[int] = np.bincount(row_group, minlength=len(groups)).tolist()
         value = _one_chunk(table.column("value"))
         text = _one_chunk(table.column("value_text"))
         value_valid: np.ndarray | None = None
-        text_valid: np.ndarray | None = None
+        nulled = False  # numbers became text: the value column's validity changed
         keep: np.ndarray | None = None
         key_of: dict[int, str] = {}
         now_us = self._clock_us()
@@ -260,9 +282,9 @@ class Desensitizer:
         rewrite: _TextRewrite | None = None
         # Which rows change each column: a batch cut from the table replaces a column only if one
         # of its rows does (as if it had been desensitized alone).
-        value_rows = np.zeros(n, dtype=bool)
-        text_rows = np.zeros(n, dtype=bool)
-        time_rows = np.zeros(n, dtype=bool)
+        value_rows: np.ndarray | None = None
+        text_rows: np.ndarray | None = None
+        time_rows: np.ndarray | None = None
 
         for index, p in enumerate(groups):
             if not hits_of[index] or p.action == "pass":
@@ -271,58 +293,59 @@ class Desensitizer:
             if p.action == "drop":
                 keep = ~rows if keep is None else keep & ~rows
                 continue
-            if value_valid is None or text_valid is None:
-                value_valid = _validity(value)
-                text_valid = _validity(text)
             rule = p.rule
             assert rule is not None  # noqa: S101 - only `pass`/`drop` may be a default without a rule
             if p.action == "generalize":
                 if rule.step is not None or rule.buckets is not None or rule.clamp is not None:
                     if values_np is None:
-                        values_np = value.to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
-                    sel = rows & value_valid
-                    values_np[sel] = _generalize(values_np[sel], rule)
-                    value_rows |= rows
+                        values_np = _floats(value)
+                    # Whole column, then picked by rows: cheaper than gathering the rows. Slots under
+                    # nulls hold any number; they stay null whatever it becomes.
+                    with np.errstate(all="ignore"):
+                        values_np = np.where(rows, _generalize(values_np, rule), values_np)
+                    value_rows = rows if value_rows is None else value_rows | rows
                 if rule.time_step_ms is not None:
                     step_us = rule.time_step_ms * 1000
-                    if ts_np is None:
+                    if ts_np is None or recv_np is None:
                         ts_np = _micros(table.column("ts"))
                         recv_np = _micros(table.column("recv_ts"))
-                    assert recv_np is not None  # noqa: S101 - set together with ts_np
-                    ts_np[rows] -= ts_np[rows] % step_us
-                    recv_np[rows] -= recv_np[rows] % step_us
-                    time_rows |= rows
+                    ts_np = np.where(rows, ts_np - ts_np % step_us, ts_np)
+                    recv_np = np.where(rows, recv_np - recv_np % step_us, recv_np)
+                    time_rows = rows if time_rows is None else time_rows | rows
                 continue
             # mask / pseudonymize: text replaced per distinct value; numbers become text, value null.
             key_ids: set[str] = set()
             fn = self._rewriter(rule, now_us, key_ids)
             if key_ids:
                 key_of[index] = key_ids.pop()
-            text_sel = rows & text_valid
-            if text_sel.any():
-                rewrite = rewrite or _TextRewrite(text, text_valid)
-                rewrite.replace(text_sel, fn)
-                text_rows |= text_sel
-            num_sel = rows & value_valid
-            if num_sel.any():
-                rewrite = rewrite or _TextRewrite(text, text_valid)
-                if values_np is None:
-                    values_np = value.to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
-                rewrite.set_numbers(num_sel, values_np[num_sel], fn)
-                value_valid = value_valid & ~num_sel
-                values_np[num_sel] = np.nan
-                value_rows |= num_sel
-                text_rows |= num_sel
+            if text.null_count < n:
+                rewrite = rewrite or _TextRewrite(text)
+                rewrite.replace(rows, fn)
+                text_rows = rows if text_rows is None else text_rows | rows
+            if value.null_count < n:
+                if value_valid is None:
+                    value_valid = _validity(value)
+                num_sel = rows & value_valid
+                if np.count_nonzero(num_sel):
+                    rewrite = rewrite or _TextRewrite(text)
+                    if values_np is None:
+                        values_np = _floats(value)
+                    rewrite.set_numbers(num_sel, values_np[num_sel], fn)
+                    value_valid = value_valid & ~num_sel
+                    nulled = True
+                    value_rows = num_sel if value_rows is None else value_rows | num_sel
+                    text_rows = num_sel if text_rows is None else text_rows | num_sel
 
         changed: dict[str, tuple[pa.Array, np.ndarray]] = {}
-        if values_np is not None and value_valid is not None and value_rows.any():
-            changed["value"] = (pa.array(values_np, type=pa.float64(), mask=~value_valid), value_rows)
-        if rewrite is not None:
+        if values_np is not None and value_rows is not None:
+            changed["value"] = (_float_array(value, values_np, value_valid if nulled else None), value_rows)
+        if rewrite is not None and text_rows is not None:
             changed["value_text"] = (rewrite.result(), text_rows)
-        if ts_np is not None and recv_np is not None:
+        if ts_np is not None and recv_np is not None and time_rows is not None:
             changed["ts"] = (_timestamps(ts_np), time_rows)
             changed["recv_ts"] = (_timestamps(recv_np), time_rows)
-        return PreparedTable(self, layout, n, asset, signal, pair, row_group, changed, keep, key_of)
+        pair = None  # computed when a piece needs per-row levels
+        return PreparedTable(self, layout, n, asset, signal, pair, row_group, changed, keep, key_of, hits_of)
 
 
 class PreparedTable:
@@ -340,6 +363,7 @@ class PreparedTable:
         changed: Mapping[str, tuple[pa.Array, np.ndarray]] | None = None,
         keep: np.ndarray | None = None,
         key_of: Mapping[int, str] | None = None,
+        hits_of: list[int] | None = None,
     ) -> None:
         self._owner = owner
         self._layout = layout
@@ -351,6 +375,7 @@ class PreparedTable:
         self._changed = dict(changed or {})
         self._keep = keep
         self._key_of = dict(key_of or {})
+        self._hits_of = hits_of  # rows per rule group over the whole table
 
     def piece(self, table: pa.Table, start: int = 0) -> DesensitizeResult:
         """The result of `Desensitizer.apply` on `table`, rows [start, start + table.num_rows) of the
@@ -367,8 +392,10 @@ class PreparedTable:
             pair = None if layout.level >= 0 else self._pairs()[start:stop]
             return _result(self._owner, table, counts, set(), _batch_level(layout, pair, n), n)
         whole = start == 0 and n == self._n
-        row_group = self._row_group if whole else self._row_group[start:stop]
-        hits_of: list[int] = np.bincount(row_group, minlength=len(layout.groups)).tolist()
+        if whole and self._hits_of is not None:
+            hits_of = self._hits_of
+        else:
+            hits_of = np.bincount(self._row_group[start:stop], minlength=len(layout.groups)).tolist()
         for p, hits in zip(layout.groups, hits_of, strict=True):
             counts[p.action] += hits
         key_ids = {key_id for index, key_id in self._key_of.items() if hits_of[index]}
@@ -380,13 +407,13 @@ class PreparedTable:
                 continue
             hit = touched.get(id(rows))
             if hit is None:
-                hit = touched[id(rows)] = bool(rows[start:stop].any())
+                hit = touched[id(rows)] = bool(np.count_nonzero(rows[start:stop]))
             if hit:
                 changed[name] = array.slice(start, n)
         keep = None
         if self._keep is not None:
             keep = self._keep if whole else self._keep[start:stop]
-            if keep.all():
+            if np.count_nonzero(keep) == len(keep):
                 keep = None  # no row of this piece is dropped
         out = _assemble(table, changed, keep)
         kept = n if keep is None else int(np.count_nonzero(keep))
@@ -424,10 +451,42 @@ def _result(
 
 def _pairs(layout: _Layout, asset: pa.DictionaryArray, signal: pa.DictionaryArray) -> np.ndarray:
     """Each row's (asset, signal) pair, as an index into the layout's lookup tables."""
-    pair: np.ndarray = signal.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    pair: np.ndarray = _indices(signal).astype(np.int64)
     if len(asset.dictionary) > 1:
-        pair = pair + asset.indices.to_numpy(zero_copy_only=False).astype(np.int64) * layout.n_sig
+        pair += _indices(asset).astype(np.int64) * layout.n_sig
     return pair
+
+
+def _indices(array: pa.DictionaryArray) -> np.ndarray:
+    """A dictionary column's indices, read in place (the samples schema has no null keys)."""
+    indices = array.indices
+    if indices.null_count:
+        filled: np.ndarray = indices.fill_null(0).to_numpy()
+        return filled
+    if indices.type == pa.int32():
+        raw = np.frombuffer(indices.buffers()[1], dtype=np.int32, count=indices.offset + len(indices))
+        return raw[indices.offset :]
+    other: np.ndarray = indices.to_numpy()  # zero-copy without nulls
+    return other
+
+
+def _floats(array: pa.Array) -> np.ndarray:
+    """A float64 column's values as a writable copy, nulls included as whatever their slots hold."""
+    data = np.frombuffer(array.buffers()[1], dtype=np.float64, count=array.offset + len(array))
+    return data[array.offset :].copy()
+
+
+def _float_array(original: pa.Array, values: np.ndarray, valid: np.ndarray | None) -> pa.Array:
+    """`values` as a float64 column: the original's nulls (shared bitmap) unless `valid` says otherwise."""
+    if valid is None and original.offset == 0:
+        return pa.Array.from_buffers(
+            pa.float64(), len(values), [original.buffers()[0], pa.py_buffer(values)], original.null_count
+        )
+    if valid is None:
+        valid = _validity(original)
+    nulls = len(values) - int(np.count_nonzero(valid))
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    return pa.Array.from_buffers(pa.float64(), len(values), [bitmap, pa.py_buffer(values)], nulls)
 
 
 def _batch_level(layout: _Layout, pair: np.ndarray | None, kept: int) -> Level | None:
@@ -510,29 +569,35 @@ def _timestamps(micros: np.ndarray) -> pa.Array:
 
 
 class _TextRewrite:
-    """Rewrites rows of a string column through its distinct values: one hash pass, one final take."""
+    """Rewrites rows of a string column through its distinct values: one hash pass, one final take.
 
-    def __init__(self, col: pa.Array, valid: np.ndarray) -> None:
-        encoded = col.dictionary_encode()
-        self._distinct: list[str] = encoded.dictionary.to_pylist()
+    Nulls are encoded as a distinct value of their own (None), so a null text stays null wherever
+    its row points, and no validity bitmap is needed to pick the rows with text."""
+
+    def __init__(self, col: pa.Array) -> None:
+        encoded = col.dictionary_encode(null_encoding="encode")
+        self._distinct: list[str | None] = encoded.dictionary.to_pylist()
         indices = encoded.indices
-        # Read the indices buffer directly: slots of null rows hold some index, never used below.
         raw = np.frombuffer(indices.buffers()[1], dtype=np.int32, count=indices.offset + len(indices))
         self._idx = raw[indices.offset :]
-        self._values: list[str] = list(self._distinct)
+        self._values: list[str | None] = list(self._distinct)
         self._out = self._idx.copy()
-        self._valid = valid
 
     def replace(self, rows: np.ndarray, fn: Callable[[str], str]) -> None:
-        """Replace the text of `rows` (all valid) by `fn(text)`, computed once per distinct text used.
+        """Replace the text of `rows` by `fn(text)` (nulls stay null), computed once per distinct text.
 
-        The replacements take one slot per distinct text after the values so far (unused ones get a
-        placeholder no row points to), so a row's new slot is its distinct index plus an offset."""
-        sub = self._idx[rows]
-        used = np.bincount(sub, minlength=len(self._distinct)).tolist()
+        The replacements take one slot per distinct text after the values so far, so a row's new slot
+        is its distinct index plus an offset. With many distinct texts, only the ones the rows use are
+        computed (the others get a placeholder no row points to)."""
+        distinct = self._distinct
+        if len(distinct) > _ALL_DISTINCT:
+            used = np.bincount(self._idx[rows], minlength=len(distinct)).tolist()
+            new = [fn(t) if u and t is not None else None for t, u in zip(distinct, used, strict=True)]
+        else:
+            new = [None if t is None else fn(t) for t in distinct]
         base = len(self._values)
-        self._values.extend(fn(text) if u else "" for text, u in zip(self._distinct, used, strict=True))
-        self._out[rows] = sub + base
+        self._values.extend(new)
+        self._out = np.where(rows, self._idx + np.int32(base), self._out)
 
     def set_numbers(self, rows: np.ndarray, numbers: np.ndarray, fn: Callable[[str], str]) -> None:
         """Give `rows` the text `fn(repr(number))`, computed once per distinct number."""
@@ -542,11 +607,17 @@ class _TextRewrite:
         # repr() of a float is its shortest round-trip text: the same number always gives the same input.
         self._values.extend(fn(repr(x)) for x in bits.view(np.float64).tolist())
         self._out[rows] = base + inverse.reshape(-1)
-        self._valid = self._valid | rows
 
     def result(self) -> pa.Array:
-        values = pa.array(self._values, type=pa.string())
-        return values.take(pa.array(self._out, mask=~self._valid))
+        # A source's batches see the same few texts again and again: their Arrow array is reused.
+        key = tuple(self._values)
+        values = _TEXT_ARRAYS.get(key)
+        if values is None:
+            if len(_TEXT_ARRAYS) >= _TEXT_ARRAYS_MAX:
+                _TEXT_ARRAYS.clear()
+            values = _TEXT_ARRAYS[key] = pa.array(self._values, type=pa.string())
+        out = self._out
+        return values.take(pa.Array.from_buffers(pa.int32(), len(out), [None, pa.py_buffer(out)]))
 
 
 def _assemble(table: pa.Table, changed: Mapping[str, pa.Array], keep: np.ndarray | None) -> pa.Table:

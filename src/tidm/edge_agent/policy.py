@@ -253,6 +253,7 @@ class KeyRing:
 
     def __init__(self, keys: Mapping[str, PseudonymKey] | None = None) -> None:
         self._keys: dict[str, PseudonymKey] = dict(keys or {})
+        self._by_name: dict[str, list[PseudonymKey]] | None = None  # newest epoch first, built on use
 
     def __repr__(self) -> str:
         return f"KeyRing({sorted(self._keys)})"
@@ -266,6 +267,7 @@ class KeyRing:
             msg = f"{where or 'key'}: key {key.key_id} is defined twice"
             raise PolicyError(msg)
         self._keys[key.key_id] = key
+        self._by_name = None
 
     @property
     def key_ids(self) -> list[str]:
@@ -283,11 +285,19 @@ class KeyRing:
         """The epoch of `name` in force at `at_us` (the highest started one), or the pinned `epoch`."""
         if epoch is not None:
             return self.get(f"{name}@{epoch}")
-        started = [k for k in self._keys.values() if k.name == name and k.not_before_us <= at_us]
-        if not started:
-            msg = f"no pseudonymization key named {name!r} is in force (have {self.key_ids})"
-            raise PolicyError(msg)
-        return max(started, key=lambda k: k.epoch)
+        # Asked for every batch: the epochs of each name are sorted once.
+        if self._by_name is None:
+            by_name: dict[str, list[PseudonymKey]] = {}
+            for k in self._keys.values():
+                by_name.setdefault(k.name, []).append(k)
+            for epochs in by_name.values():
+                epochs.sort(key=lambda k: k.epoch, reverse=True)
+            self._by_name = by_name
+        for k in self._by_name.get(name, ()):
+            if k.not_before_us <= at_us:
+                return k
+        msg = f"no pseudonymization key named {name!r} is in force (have {self.key_ids})"
+        raise PolicyError(msg)
 
     @classmethod
     def from_file(cls, path: Path) -> KeyRing:

@@ -468,13 +468,22 @@ def _provenance_json(p: Provenance) -> str:
     return _JSON.encode({name: getattr(p, name) for name in _PROVENANCE_FIELDS})
 
 
+def _sealed_provenance(sealed: SealedBatch) -> str:
+    """The provenance JSON the batch was sealed with (the same text `_provenance_json` gives)."""
+    return (
+        sealed.provenance_json.decode("utf-8")
+        if sealed.provenance_json
+        else _provenance_json(sealed.provenance)
+    )
+
+
 def _meta_json(sealed: SealedBatch, number: int, offset: int) -> str:
     """A batch's entry in a group header, as `_JSON` encodes the dict of it (keys in sorted order):
     written out directly, it costs half as much, and the group file is written for every batch."""
     headers = ",".join(f"[{_quote(name)},{_quote(_b64(value))}]" for name, value in sealed.headers())
     return (
         f'{{"headers":[{headers}],"key":{_quote(_b64(sealed.key))},"number":{int(number)},'
-        f'"offset":{int(offset)},"provenance":{_quote(_provenance_json(sealed.provenance))},'
+        f'"offset":{int(offset)},"provenance":{_quote(_sealed_provenance(sealed))},'
         f'"sha256":{_quote(sealed.sha256)},"size":{len(sealed.value)}}}'
     )
 

@@ -113,6 +113,8 @@ class SealedBatch:
     sha256: str
     signature: bytes
     provenance: Provenance
+    # `provenance.to_json()` as sealed into the batch (reused by the spool's group header), or b"".
+    provenance_json: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def key(self) -> bytes:
@@ -143,14 +145,14 @@ def seal(table: pa.Table, provenance: Provenance, identity: AgentIdentity) -> Se
         msg = f"identity {identity.agent_id!r} cannot seal a batch of agent {provenance.agent_id!r}"
         raise ValueError(msg)
     meta = dict(table.schema.metadata or {})
-    meta[PROVENANCE_KEY] = provenance.to_json()
+    provenance_json = meta[PROVENANCE_KEY] = provenance.to_json()
     table = table.replace_schema_metadata(meta)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
         writer.write_table(table)
     value = sink.getvalue().to_pybytes()
     digest = hashlib.sha256(value).digest()
-    return SealedBatch(value, digest.hex(), identity.sign(digest), provenance)
+    return SealedBatch(value, digest.hex(), identity.sign(digest), provenance, provenance_json)
 
 
 def _required(message: Message, name: str) -> bytes:
