@@ -12,6 +12,15 @@ import numpy as np
 
 from tidm.stream_processing.kernels._arrays import F64, I64, empty, f64, i64, offsets_for, same_length
 from tidm.stream_processing.kernels._jit import njit
+from tidm.stream_processing.kernels._sdt_blocks import (
+    PROBE,
+    SHORT_RUN,
+    SLACK_DIV,
+    SPLIT_MIN,
+    scalar_steps,
+    scratch_size,
+    sdt_blocks,
+)
 from tidm.stream_processing.kernels.errors import KernelError
 
 __all__ = ["deadband", "swinging_door"]
@@ -66,6 +75,7 @@ def deadband(ts: Any, values: Any, *, d: float, max_interval_us: int = 0, offset
 
 @njit(nogil=True, cache=True)
 def _swinging_door_kernel(ts: I64, values: F64, offsets: I64, e: float, kept: I64) -> int:
+    """The plain one-pass form of `sdt_blocks` (same result): the reference its tests compare with."""
     o = 0
     for s in range(offsets.size - 1):
         a = offsets[s]
@@ -74,41 +84,7 @@ def _swinging_door_kernel(ts: I64, values: F64, offsets: I64, e: float, kept: I6
             continue
         kept[o] = a
         o += 1
-        p = a
-        # The doors: over the samples strictly between the pivot p and the candidate end point, the
-        # tightest upper and lower slopes (x ± e) seen from p. A candidate whose own slope from p lies
-        # between them keeps every sample in between within e of the line p -> candidate.
-        upper = np.inf
-        lower = -np.inf
-        i = a + 1
-        while i < b:
-            vi = values[i]
-            vp = values[p]
-            if not np.isfinite(vi) or not np.isfinite(vp) or ts[i] <= ts[p]:
-                # Non-finite values and non-increasing time break the line: keep both sides.
-                if kept[o - 1] != i - 1:
-                    kept[o] = i - 1
-                    o += 1
-                kept[o] = i
-                o += 1
-                p = i
-                upper = np.inf
-                lower = -np.inf
-                i += 1
-                continue
-            # One division per sample (the rest are products): divisions bound this loop's speed.
-            inv_dt = 1.0 / float(ts[i] - ts[p])
-            slope = (vi - vp) * inv_dt
-            if slope > upper or slope < lower:
-                kept[o] = i - 1  # p < i - 1 here: with no samples in between the doors are open
-                o += 1
-                p = i - 1
-                upper = np.inf
-                lower = -np.inf
-                continue  # re-examine i against the new pivot
-            upper = min(upper, (vi + e - vp) * inv_dt)
-            lower = max(lower, (vi - e - vp) * inv_dt)
-            i += 1
+        _, _, _, _, o = scalar_steps(ts, values, e, a, a + 1, np.inf, -np.inf, b, kept, o, False)
         if kept[o - 1] != b - 1:
             kept[o] = b - 1
             o += 1
@@ -129,5 +105,8 @@ def swinging_door(ts: Any, values: Any, *, e: float, offsets: Any = None) -> I64
     n = same_length("swinging_door", ts=t, values=v)
     off = offsets_for(offsets, n, where="swinging_door")
     kept = empty(n, np.int64)
-    count = _swinging_door_kernel(t, v, off, float(e), kept)
+    # From the Arrow pool like `kept`: its pages come back warm from the last call.
+    scratch = empty(scratch_size(off, SPLIT_MIN, SLACK_DIV), np.int64)
+    stats = np.zeros(2, dtype=np.int64)
+    count = sdt_blocks(t, v, off, float(e), kept, scratch, SPLIT_MIN, SLACK_DIV, PROBE, SHORT_RUN, stats)
     return kept[:count]
