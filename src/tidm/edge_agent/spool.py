@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -69,6 +70,7 @@ log = logging.getLogger(__name__)
 _MAGIC = b"TIDMSPL1"
 _LEN = struct.Struct(">I")
 _PROGRESS = "progress.log"
+_CLOSING_POLL_S = 0.05  # how often a closing spool's reader looks again without being woken
 _HOLD_BYTES = 64 << 20  # batches written by this process are sent from memory up to this much
 _FORMAT = 1
 
@@ -321,6 +323,13 @@ class _Base:
             if closing.is_set() and not self._queue:
                 return None
             self._items.clear()
+            if closing.is_set():
+                # Closing, with batches whose group is still being written: wait for the write (not
+                # for `closing`, which is set and would return at once, spinning the loop for as long
+                # as the fsync takes). Bounded, in case the batches left are dropped instead.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._items.wait(), timeout=_CLOSING_POLL_S)
+                continue
             waiters = [asyncio.ensure_future(self._items.wait()), asyncio.ensure_future(closing.wait())]
             try:
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
