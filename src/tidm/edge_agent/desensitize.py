@@ -107,9 +107,9 @@ class _Layout:
     def row_groups(self, asset: pa.DictionaryArray, signal: pa.DictionaryArray) -> np.ndarray:
         """Each row's rule group."""
         if self.by_signal is not None:
-            groups: np.ndarray = self.by_signal[_indices(signal)]
+            groups: np.ndarray = self.by_signal.take(_indices(signal))
             return groups
-        return self.lut_group[_pairs(self, asset, signal)]  # type: ignore[no-any-return]
+        return self.lut_group.take(_pairs(self, asset, signal))
 
 
 # Bounds of the per-Desensitizer caches: dictionaries seen (a source's batches reuse a few) and
@@ -268,7 +268,9 @@ class Desensitizer:
 
         row_group = layout.row_groups(asset, signal)
         groups = layout.groups
-        hits_of: list[int] = np.bincount(row_group, minlength=len(groups)).tolist()
+        # Rows per group, for the groups that act; a piece counts the passing rows as the rest.
+        row_sets = [None if p.action == "pass" else row_group == index for index, p in enumerate(groups)]
+        hits_of = [0 if rows is None else int(np.count_nonzero(rows)) for rows in row_sets]
         value = _one_chunk(table.column("value"))
         text = _one_chunk(table.column("value_text"))
         value_valid: np.ndarray | None = None
@@ -287,9 +289,9 @@ class Desensitizer:
         time_rows: np.ndarray | None = None
 
         for index, p in enumerate(groups):
-            if not hits_of[index] or p.action == "pass":
+            rows = row_sets[index]
+            if rows is None or not hits_of[index]:
                 continue
-            rows = row_group == index
             if p.action == "drop":
                 keep = ~rows if keep is None else keep & ~rows
                 continue
@@ -302,15 +304,15 @@ class Desensitizer:
                     # Whole column, then picked by rows: cheaper than gathering the rows. Slots under
                     # nulls hold any number; they stay null whatever it becomes.
                     with np.errstate(all="ignore"):
-                        values_np = np.where(rows, _generalize(values_np, rule), values_np)
+                        np.putmask(values_np, rows, _generalize(values_np, rule))
                     value_rows = rows if value_rows is None else value_rows | rows
                 if rule.time_step_ms is not None:
                     step_us = rule.time_step_ms * 1000
                     if ts_np is None or recv_np is None:
                         ts_np = _micros(table.column("ts"))
                         recv_np = _micros(table.column("recv_ts"))
-                    ts_np = np.where(rows, ts_np - ts_np % step_us, ts_np)
-                    recv_np = np.where(rows, recv_np - recv_np % step_us, recv_np)
+                    np.putmask(ts_np, rows, ts_np - ts_np % step_us)
+                    np.putmask(recv_np, rows, recv_np - recv_np % step_us)
                     time_rows = rows if time_rows is None else time_rows | rows
                 continue
             # mask / pseudonymize: text replaced per distinct value; numbers become text, value null.
@@ -397,7 +399,9 @@ class PreparedTable:
         else:
             hits_of = np.bincount(self._row_group[start:stop], minlength=len(layout.groups)).tolist()
         for p, hits in zip(layout.groups, hits_of, strict=True):
-            counts[p.action] += hits
+            if p.action != "pass":
+                counts[p.action] += hits
+        counts["pass"] = n - sum(counts.values())
         key_ids = {key_id for index, key_id in self._key_of.items() if hits_of[index]}
         changed: dict[str, pa.Array] = {}
         touched: dict[int, bool] = {}  # ts and recv_ts share their rows: look once
@@ -597,7 +601,7 @@ class _TextRewrite:
             new = [None if t is None else fn(t) for t in distinct]
         base = len(self._values)
         self._values.extend(new)
-        self._out = np.where(rows, self._idx + np.int32(base), self._out)
+        np.putmask(self._out, rows, self._idx + np.int32(base))
 
     def set_numbers(self, rows: np.ndarray, numbers: np.ndarray, fn: Callable[[str], str]) -> None:
         """Give `rows` the text `fn(repr(number))`, computed once per distinct number."""
