@@ -209,6 +209,7 @@ def main() -> None:
                 results[kind].append(asyncio.run(_run(kind, samples, args.rows, Path(tmp))))
     batches = args.samples // args.rows
     print(f"{args.samples} samples, ~{batches} batches of {args.rows} rows, median of {args.rounds} rounds")
+    verdicts = []
     for measure, pick in (("wall", 0), ("CPU", 1)):
         for kind in kinds:
             med = statistics.median(r[pick] for r in results[kind])
@@ -221,6 +222,9 @@ def main() -> None:
                 f"(slowdown {100 * (1 - ratio):5.1f}%; quartiles {ratios[len(ratios) // 4]:.3f}.."
                 f"{ratios[(3 * len(ratios)) // 4]:.3f})"
             )
+            if kind == "disk+policy":
+                verdicts.append(f"{measure} {ratio:.3f}: {'MET' if ratio >= 0.9 else 'NOT met'}")
+    print(f"Target: disk+policy at most 10% slower than memory (ratio >= 0.90): {'; '.join(verdicts)}")
 
 
 if __name__ == "__main__":
