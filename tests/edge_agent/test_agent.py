@@ -6,6 +6,7 @@ from tests.fakes import MemoryProducer
 
 from tidm.edge_agent import Agent, AgentSettings, BatchSettings
 from tidm.edge_agent.batcher import Batcher
+from tidm.edge_agent.errors import SourceError
 from tidm.edge_agent.sources.base import Emit, RawSample
 from tidm.evidence import MemoryEvidenceLog
 from tidm.evidence.api import EventType
@@ -240,3 +241,27 @@ async def test_a_backlog_goes_in_rounds_with_one_send_append_per_round_and_resum
     assert [s.subject for s in sends] == [b.sha256 for b in batches], "one SEND per batch, in order"
     assert [s.attributes["offset"] for s in sends] == list(range(40))
     assert evidence.send_appends < 40 / 2, "a backlog is recorded in rounds, not batch by batch"
+
+
+async def test_a_sample_that_cannot_be_batched_stops_the_agent_after_sealing_what_came_before() -> None:
+    # A status code out of range from a (third-party) source: the agent stops with a SourceError naming
+    # it; the samples delivered before it are still sealed and published, the failed delivery is not.
+    good = _samples("x", 14)
+    bad = RawSample("x", "s9", 5_000, 6_000, 1.0, None, -1)
+    identity = AgentIdentity.generate("a")
+    producer = MemoryProducer()
+    agent = Agent(
+        AgentSettings(agent_id="a", topic="t", batch=BatchSettings(max_rows=50, max_age_ms=10_000)),
+        identity=identity,
+        producer=producer,
+        evidence=MemoryEvidenceLog(),
+        sources=[ListSource("src", [*good, *_samples("y", 3), bad], chunk=7)],
+    )
+    with pytest.raises(SourceError, match=r"source src: a sample of x/s9 cannot be batched"):
+        await asyncio.wait_for(agent.run(asyncio.Event()), timeout=10)
+    trusted = TrustedAgents({"a": identity.public_key})
+    batches = [open_envelope(m, trusted) for m in producer.messages.get("t", [])]
+    rows = sorted(
+        (b.provenance.asset_id, ts) for b in batches for ts in b.table.column("ts").cast("int64").to_pylist()
+    )
+    assert rows == sorted(("x", s.ts_us) for s in good)

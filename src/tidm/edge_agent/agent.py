@@ -26,6 +26,7 @@ import contextlib
 import logging
 import time
 import weakref
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -36,6 +37,7 @@ import pyarrow as pa
 from tidm.edge_agent.batcher import AssetBatch, Batcher
 from tidm.edge_agent.config import AgentSettings
 from tidm.edge_agent.desensitize import Desensitizer
+from tidm.edge_agent.errors import SourceError
 from tidm.edge_agent.sources.base import RawSample, Source
 from tidm.edge_agent.spool import ChainHead, MemorySpool, Spool, SpooledBatch
 from tidm.errors import Transient
@@ -182,7 +184,18 @@ class Agent:
             seen[s.signal] = s.ts_us
             fresh.append(s)
             self._row_sources.setdefault(s.asset_id, []).append(source)
-        if fresh and self._batcher.add(source, fresh):
+        if not fresh:
+            return
+        try:
+            full = self._batcher.add(source, fresh)
+        except SourceError:
+            # The batcher took none of them: neither do the row sources (the error stops the agent,
+            # which still seals what was batched before).
+            taken = Counter(s.asset_id for s in fresh)
+            for asset_id, count in taken.items():
+                del self._row_sources[asset_id][-count:]
+            raise
+        if full:
             self._full.set()
 
     async def run(self, stop: asyncio.Event) -> AgentStats:
