@@ -4,7 +4,6 @@ tlog tiles on S3, and `tidm evidence verify` proves every landed object back to 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -15,7 +14,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from pydantic import SecretStr
-from tests.cli.test_processes import TIDM, _start, _stop
+from tests.cli.process_support import TIDM, agent_keygen, simulator_endpoint, start, start_simulator, stop
 
 from tidm.cli.main import cli
 from tidm.evidence import SqliteEvidenceLog
@@ -73,8 +72,8 @@ def test_agent_job_and_query_evidence_reach_the_notary_and_verify(
         },
     )
     sim_cfg = _write(tmp_path / "sim.yaml", {"assets": [{"asset_id": ASSET, "name": "Press7"}]})
-    sim = subprocess.Popen([*TIDM, "sim", "run", "--config", str(sim_cfg)], stdout=subprocess.PIPE, env=env)
-    notary = _start(["notary", "run", "--config", str(notary_cfg)], tmp_path / "notary.log", env)
+    sim = start_simulator(sim_cfg, env)
+    notary = start(["notary", "run", "--config", str(notary_cfg)], tmp_path / "notary.log", env)
     lake = Lake.s3(
         bucket=s3_bucket,
         prefix="lake",
@@ -83,15 +82,8 @@ def test_agent_job_and_query_evidence_reach_the_notary_and_verify(
         secret_key=s3_config["secret_key"],
     )
     try:
-        assert sim.stdout is not None
-        endpoint = json.loads(sim.stdout.readline())["endpoint"]
-        key, trust = tmp_path / "agent.key", tmp_path / "trusted.json"
-        subprocess.run(
-            [*TIDM, "agent", "keygen", "--agent-id", "gw-1", "--out", str(key), "--trust-file", str(trust)],
-            check=True,
-            env=env,
-            capture_output=True,
-        )
+        endpoint = simulator_endpoint(sim)
+        key, trust = agent_keygen(tmp_path, "gw-1", env)
         agent_cfg = _write(
             tmp_path / "agent.yaml",
             {
@@ -130,21 +122,21 @@ def test_agent_job_and_query_evidence_reach_the_notary_and_verify(
                 "trusted_agents": str(trust),
             },
         )
-        agent = _start(["agent", "run", "--config", str(agent_cfg)], tmp_path / "agent.log", env)
-        job = _start(
+        agent = start(["agent", "run", "--config", str(agent_cfg)], tmp_path / "agent.log", env)
+        job = start(
             ["job", "run", "--spec", str(job_spec), "--config", str(job_cfg)], tmp_path / "job.log", env
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(lake.list_keys("clean")) < 3:
             time.sleep(0.5)
-        _stop(agent, tmp_path / "agent.log")
+        stop(agent, tmp_path / "agent.log")
         # Stopped cleanly, the agent forwarded its whole local log before it exited.
         with SqliteEvidenceLog(tmp_path / "agent-evidence.db") as local:
             logged = local.size()
         assert logged > 0
         assert (tmp_path / "agent-evidence.db.forwarded").read_text().strip() == str(logged)
         time.sleep(2)
-        _stop(job, tmp_path / "job.log")
+        stop(job, tmp_path / "job.log")
         # A read with a limited grant: the query counts earlier reads in the tile store (its reader)
         # and sends its FETCH entry to the topic.
         grants = _write(
@@ -181,7 +173,7 @@ def test_agent_job_and_query_evidence_reach_the_notary_and_verify(
         sim.wait(timeout=30)
         if sim.stdout is not None:
             sim.stdout.close()
-        _stop(notary, tmp_path / "notary.log")
+        stop(notary, tmp_path / "notary.log")
     assert len(lake.list_keys("clean")) >= 3, (tmp_path / "job.log").read_text()
     store_settings = S3StoreSettings(
         endpoint=s3_config["endpoint"],

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,12 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from click.testing import CliRunner
+from tests.cli.process_support import TIDM, agent_keygen, simulator_endpoint, start, start_simulator, stop
 
 from tidm.cli.main import cli
 from tidm.evidence import Signer, save_signer
 from tidm.storage import Lake
-
-TIDM = [sys.executable, "-m", "tidm.cli.main"]
 
 
 def test_every_command_has_help() -> None:
@@ -73,21 +70,6 @@ def test_bad_settings_name_the_file_and_field(tmp_path: Path) -> None:
     assert str(spec) in text and "job.max_records" in text and "job.nonsense" in text
 
 
-def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([*TIDM, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
-def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 0, log.read_text()
-
-
 @pytest.mark.integration
 def test_agent_and_job_processes_on_kafka_and_s3(
     kafka_bootstrap: str,
@@ -100,17 +82,10 @@ def test_agent_and_job_processes_on_kafka_and_s3(
     env = {**os.environ, "TIDM_TRANSPORT__BOOTSTRAP": kafka_bootstrap}
     sim_cfg = tmp_path / "sim.yaml"
     sim_cfg.write_text(yaml.safe_dump({"assets": [{"asset_id": "urn:tidm:asset:press-7", "name": "Press7"}]}))
-    sim = subprocess.Popen([*TIDM, "sim", "run", "--config", str(sim_cfg)], stdout=subprocess.PIPE, env=env)
+    sim = start_simulator(sim_cfg, env)
     try:
-        assert sim.stdout is not None
-        endpoint = json.loads(sim.stdout.readline())["endpoint"]
-        key, trust = tmp_path / "agent.key", tmp_path / "trusted.json"
-        subprocess.run(
-            [*TIDM, "agent", "keygen", "--agent-id", "gw-1", "--out", str(key), "--trust-file", str(trust)],
-            check=True,
-            env=env,
-            capture_output=True,
-        )
+        endpoint = simulator_endpoint(sim)
+        key, trust = agent_keygen(tmp_path, "gw-1", env)
         evidence = tmp_path / "evidence.db"
         agent_cfg = tmp_path / "agent.yaml"
         agent_cfg.write_text(
@@ -162,8 +137,8 @@ def test_agent_and_job_processes_on_kafka_and_s3(
         # Secrets come from the environment, as on Kubernetes, not from the file.
         env["TIDM_LAKE__ACCESS_KEY"] = s3_config["access_key"]
         env["TIDM_LAKE__SECRET_KEY"] = s3_config["secret_key"]
-        agent = _start(["agent", "run", "--config", str(agent_cfg)], tmp_path / "agent.log", env)
-        job = _start(
+        agent = start(["agent", "run", "--config", str(agent_cfg)], tmp_path / "agent.log", env)
+        job = start(
             ["job", "run", "--spec", str(job_spec), "--config", str(job_cfg)], tmp_path / "job.log", env
         )
         lake = Lake.s3(
@@ -176,9 +151,9 @@ def test_agent_and_job_processes_on_kafka_and_s3(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(lake.list_keys("clean")) < 3:
             time.sleep(0.5)
-        _stop(agent, tmp_path / "agent.log")
+        stop(agent, tmp_path / "agent.log")
         time.sleep(2)
-        _stop(job, tmp_path / "job.log")
+        stop(job, tmp_path / "job.log")
     finally:
         sim.send_signal(signal.SIGTERM)
         sim.wait(timeout=30)

@@ -119,10 +119,7 @@ _TEXT_CACHE = 65536
 # Up to this many distinct texts in a batch, a text rule rewrites all of them (memoized): cheaper than
 # finding the ones its rows use.
 _ALL_DISTINCT = 64
-# Arrow arrays of (distinct texts + their replacements), by content. Like the rewriters' memo, this
-# holds clear texts in the agent's memory only (never written anywhere), bounded.
-_TEXT_ARRAYS: dict[tuple[str | None, ...], pa.Array] = {}
-_TEXT_ARRAYS_MAX = 256
+_TEXT_ARRAYS = 256  # bound of the per-Desensitizer cache of rewritten-text arrays
 
 
 class Desensitizer:
@@ -150,6 +147,10 @@ class Desensitizer:
         self._layouts: dict[tuple[tuple[str, ...], tuple[str, ...]], _Layout] = {}
         # Replacement text per (rule, key id) spec, memoized across batches (an LRU per spec).
         self._rewriters: dict[tuple[int, str], Callable[[str], str]] = {}
+        # Arrow arrays of (distinct texts + their replacements), by content: a source's batches see
+        # the same few texts again and again. Like the rewriters' memo, this holds clear texts in the
+        # agent's memory only (never written anywhere), bounded.
+        self._text_arrays: dict[tuple[str | None, ...], pa.Array] = {}
         self.policy_hash = policy.sha256
         # Fail at start, not on the first batch, when a key the policy names is missing.
         now = self._clock_us()
@@ -321,7 +322,7 @@ class Desensitizer:
             if key_ids:
                 key_of[index] = key_ids.pop()
             if text.null_count < n:
-                rewrite = rewrite or _TextRewrite(text)
+                rewrite = rewrite or _TextRewrite(text, self._text_arrays)
                 rewrite.replace(rows, fn)
                 text_rows = rows if text_rows is None else text_rows | rows
             if value.null_count < n:
@@ -329,7 +330,7 @@ class Desensitizer:
                     value_valid = _validity(value)
                 num_sel = rows & value_valid
                 if np.count_nonzero(num_sel):
-                    rewrite = rewrite or _TextRewrite(text)
+                    rewrite = rewrite or _TextRewrite(text, self._text_arrays)
                     if values_np is None:
                         values_np = _floats(value)
                     rewrite.set_numbers(num_sel, values_np[num_sel], fn)
@@ -578,7 +579,8 @@ class _TextRewrite:
     Nulls are encoded as a distinct value of their own (None), so a null text stays null wherever
     its row points, and no validity bitmap is needed to pick the rows with text."""
 
-    def __init__(self, col: pa.Array) -> None:
+    def __init__(self, col: pa.Array, arrays: dict[tuple[str | None, ...], pa.Array]) -> None:
+        self._arrays = arrays  # the Desensitizer's cache of value arrays, by content
         encoded = col.dictionary_encode(null_encoding="encode")
         self._distinct: list[str | None] = encoded.dictionary.to_pylist()
         indices = encoded.indices
@@ -613,13 +615,12 @@ class _TextRewrite:
         self._out[rows] = base + inverse.reshape(-1)
 
     def result(self) -> pa.Array:
-        # A source's batches see the same few texts again and again: their Arrow array is reused.
         key = tuple(self._values)
-        values = _TEXT_ARRAYS.get(key)
+        values = self._arrays.get(key)
         if values is None:
-            if len(_TEXT_ARRAYS) >= _TEXT_ARRAYS_MAX:
-                _TEXT_ARRAYS.clear()
-            values = _TEXT_ARRAYS[key] = pa.array(self._values, type=pa.string())
+            if len(self._arrays) >= _TEXT_ARRAYS:
+                self._arrays.clear()
+            values = self._arrays[key] = pa.array(self._values, type=pa.string())
         out = self._out
         return values.take(pa.Array.from_buffers(pa.int32(), len(out), [None, pa.py_buffer(out)]))
 

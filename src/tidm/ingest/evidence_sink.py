@@ -156,12 +156,7 @@ class KafkaEvidenceSink:
         The returned entries have index -1: the notary assigns indices when it sequences them.
         """
         canonical = [canonical_bytes(e) for e in entries]
-        for data in canonical:
-            if len(data) > 0xFFFF:
-                msg = f"entry is {len(data)} bytes; the evidence topic carries entries up to 65535"
-                raise EntryError(msg)
-        if canonical:
-            self._send(canonical)
+        self.append_canonical(canonical)
         return [_pending(data) for data in canonical]
 
     def append_canonical(self, canonical: Sequence[bytes]) -> None:
