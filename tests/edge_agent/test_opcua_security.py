@@ -4,6 +4,7 @@ an untrusted server certificate is refused with a clear error, never downgraded 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,11 +27,13 @@ from tidm.edge_agent.sources.opcua import OpcUaSource, UntrustedServerError
 from tidm.simulator import Simulator, SimulatorConfig
 
 AGENT_URI = "urn:tidm:agent:test"
+# The simulator listens here; a server certificate must name the host of the endpoint.
+LOOPBACK = ipaddress.ip_address("127.0.0.1")
 
 
 def _self_signed(directory: Path, name: str, uri: str, usage: x509.ObjectIdentifier) -> tuple[Path, Path]:
     key = generate_private_key()
-    names = [x509.UniformResourceIdentifier(uri), x509.DNSName("localhost")]
+    names = [x509.UniformResourceIdentifier(uri), x509.DNSName("localhost"), x509.IPAddress(LOOPBACK)]
     cert = generate_self_signed_app_certificate(key, uri, {}, names, extended=[usage])
     key_path, cert_path = directory / f"{name}.pem", directory / f"{name}.der"
     key_path.write_bytes(dump_private_key_as_pem(key))

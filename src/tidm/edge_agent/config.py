@@ -44,7 +44,12 @@ class OpcUaSourceSettings(BaseModel):
     certificate: Path | None = None
     private_key: Path | None = None
     trust_folder: Path | None = None
+    # The agent's own ApplicationUri (in its client certificate).
     application_uri: str = "urn:tidm:agent"
+    # The ApplicationUri the server's certificate must hold; None takes the one the server advertises
+    # (the host of `endpoint` is always bound). Set it where several servers share one trust folder or
+    # one host: a trusted certificate then speaks only for the server it names.
+    server_application_uri: str | None = None
     # On every (re)connect, HistoryRead what the server kept since the last sample the agent took per
     # signal (at most `backfill_max_s` back), before live notifications: a restart, a crash or an
     # outage then loses nothing the server historized. Servers without history: logged, live only.
@@ -122,6 +127,8 @@ class PlanSourceSettings(BaseModel):
     opcua_certificate: Path | None = None
     opcua_private_key: Path | None = None
     opcua_trust_folder: Path | None = None
+    # Expected server ApplicationUri per OPC UA endpoint URL (see OpcUaSourceSettings).
+    opcua_server_application_uris: dict[str, str] = Field(default_factory=dict)
     mqtt_quarantine_dir: Path = Path("quarantine/mqtt")
     # For AID security `basic_sc` (username/password) and `mqtts://` endpoints (TLS).
     mqtt_username: str | None = None

@@ -42,6 +42,7 @@ def _opcua(plan: AcquisitionPlan, settings: PlanSourceSettings, metrics_for: Met
             certificate=None if insecure else settings.opcua_certificate,
             private_key=None if insecure else settings.opcua_private_key,
             trust_folder=None if insecure else settings.opcua_trust_folder,
+            server_application_uri=settings.opcua_server_application_uris.get(endpoint),
         )
         nodes = [
             PlannedNode(
