@@ -81,7 +81,12 @@ async def _run_agent(
     metrics = AgentMetrics()
     sources: list[Source] = [OpcUaSource(s, metrics=metrics.source(s.endpoint)) for s in settings.agent.opcua]
     for mqtt_settings in settings.agent.mqtt:
-        mqtt_source = MqttSource(mqtt_settings, evidence=evidence, actor=f"agent:{settings.agent.agent_id}")
+        mqtt_source = MqttSource(
+            mqtt_settings,
+            evidence=evidence,
+            actor=f"agent:{settings.agent.agent_id}",
+            field_policy=desensitizer,
+        )
         mqtt_source.metrics = metrics.source(mqtt_source.name)
         sources.append(mqtt_source)
     for plan_settings in settings.agent.plans:
@@ -92,6 +97,7 @@ async def _run_agent(
             metrics_for=metrics.source,
             evidence=evidence,
             actor=f"agent:{settings.agent.agent_id}",
+            field_policy=desensitizer,
         )
     spool = _open_spool(settings, evidence)
     producer = transport.producer()

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from tidm.edge_agent.sources.decoders import QuarantineRetention
 from tidm.edge_agent.sources.mqtt import MqttSourceSettings, MqttTlsSettings
 
 __all__ = [
@@ -130,6 +131,8 @@ class PlanSourceSettings(BaseModel):
     # Expected server ApplicationUri per OPC UA endpoint URL (see OpcUaSourceSettings).
     opcua_server_application_uris: dict[str, str] = Field(default_factory=dict)
     mqtt_quarantine_dir: Path = Path("quarantine/mqtt")
+    # Max age / max bytes of the MQTT quarantine (see MqttSourceSettings.quarantine_retention).
+    mqtt_quarantine_retention: QuarantineRetention = QuarantineRetention()
     # For AID security `basic_sc` (username/password) and `mqtts://` endpoints (TLS).
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None

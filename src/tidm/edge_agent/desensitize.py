@@ -22,7 +22,7 @@ import functools
 import hashlib
 import hmac
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +31,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tidm.edge_agent.policy import Action, KeyRing, Policy, Rule, load_policy
+from tidm.edge_agent.sources.decoders.quarantine import DROPPED, FieldValue
 from tidm.semantics.catalog import SignalCatalog
 from tidm.semantics.classification import ClassificationMap, Level, load_classification
+from tidm.semantics.schema import samples_table
 
 if TYPE_CHECKING:
     from tidm.edge_agent.config import AgentSettings
@@ -116,6 +118,7 @@ class _Layout:
 # replacement texts (a plant's distinct operator ids, batch codes, ... stay well below this).
 _LAYOUT_CACHE = 1024
 _TEXT_CACHE = 65536
+_MAX_TEXT = 4096  # the decoders' longest text value
 # Up to this many distinct texts in a batch, a text rule rewrites all of them (memoized): cheaper than
 # finding the ones its rows use.
 _ALL_DISTINCT = 64
@@ -248,6 +251,52 @@ class Desensitizer:
             fn = functools.lru_cache(maxsize=_TEXT_CACHE)(base)
             self._rewriters[spec] = fn
         return fn
+
+    def rewrite(self, fields: Sequence[FieldValue]) -> list[Any]:
+        """The quarantine's view of the policy (`FieldPolicy`): per field of a rejected payload, the
+        value as its sample would leave the agent, or `DROPPED`. The values go through `apply`, so
+        the quarantine keeps exactly what the policy would share. A value that is no sample value
+        (an object, an overlong text) cannot be rewritten: unless the signal passes, it is replaced."""
+        out: list[Any] = [DROPPED] * len(fields)
+        rows: list[int] = []
+        numbers: list[float | None] = []
+        texts: list[str | None] = []
+        for i, f in enumerate(fields):
+            action = self._plan(f.asset_id, f.signal).action
+            raw = f.value
+            if action == "drop":
+                continue
+            if action == "pass" or raw is None:
+                out[i] = raw
+                continue
+            number, text = _sample_value(raw)
+            if number is None and text is None:
+                out[i] = f"<{action}: not a sample value>"
+                continue
+            rows.append(i)
+            numbers.append(number)
+            texts.append(text)
+        if rows:
+            table = samples_table(
+                ts_us=[fields[i].ts_us for i in rows],
+                recv_ts_us=[fields[i].ts_us for i in rows],
+                asset_id=[fields[i].asset_id for i in rows],
+                signal=[fields[i].signal for i in rows],
+                value=numbers,
+                value_text=texts,
+                quality=[0] * len(rows),
+                status_code=[0] * len(rows),
+                seq=rows,
+            )
+            kept = self.apply(table).table
+            for seq, number, text in zip(
+                kept.column("seq").to_pylist(),
+                kept.column("value").to_pylist(),
+                kept.column("value_text").to_pylist(),
+                strict=True,
+            ):
+                out[seq] = text if text is not None else number
+        return out
 
     def apply(self, table: pa.Table) -> DesensitizeResult:
         """Desensitize a samples table (the canonical samples schema)."""
@@ -502,6 +551,22 @@ def _batch_level(layout: _Layout, pair: np.ndarray | None, kept: int) -> Level |
         return Level.from_miit(layout.level)
     assert pair is not None  # noqa: S101 - given whenever the layout's levels differ
     return Level.from_miit(int(layout.lut_level[pair].max()))
+
+
+def _sample_value(raw: Any) -> tuple[float | None, str | None]:
+    """(value, value_text) as a decoder would make them of a payload scalar; (None, None) if none."""
+    kind = type(raw)
+    if kind is bool:
+        return (1.0 if raw else 0.0), None
+    if kind is int or kind is float:
+        try:
+            number = float(raw)
+        except OverflowError:
+            return None, None
+        return (number, None) if np.isfinite(number) else (None, None)
+    if kind is str and len(raw) <= _MAX_TEXT:
+        return None, raw
+    return None, None
 
 
 def _generalize(v: np.ndarray, rule: Rule) -> np.ndarray:

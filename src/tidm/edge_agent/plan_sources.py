@@ -18,6 +18,7 @@ from tidm.edge_agent.config import OpcUaSourceSettings, PlanSourceSettings
 from tidm.edge_agent.errors import SourceError
 from tidm.edge_agent.metrics import NullSourceMetrics, SourceMetrics
 from tidm.edge_agent.sources.base import Source
+from tidm.edge_agent.sources.decoders import FieldPolicy
 from tidm.edge_agent.sources.decoders.json_path import JsonDecoderSettings, JsonSignal
 from tidm.edge_agent.sources.decoders.plain import PlainDecoderSettings
 from tidm.edge_agent.sources.decoders.sparkplug import SparkplugDecoderSettings
@@ -67,6 +68,7 @@ def _mqtt(
     metrics_for: MetricsFor,
     evidence: EvidenceLog | None,
     actor: str | None,
+    field_policy: FieldPolicy | None,
 ) -> list[Source]:
     sources: list[Source] = []
     for i, endpoint in enumerate(plan.endpoints(PlanProtocol.MQTT)):
@@ -119,9 +121,10 @@ def _mqtt(
             tls=settings.mqtt_tls if secure else None,
             client_id=f"{client_id}-{i}",
             quarantine_dir=settings.mqtt_quarantine_dir,
+            quarantine_retention=settings.mqtt_quarantine_retention,
             subscriptions=subscriptions,
         )
-        source = MqttSource(mqtt_settings, evidence=evidence, actor=actor)
+        source = MqttSource(mqtt_settings, evidence=evidence, actor=actor, field_policy=field_policy)
         source.metrics = metrics_for(source.name)
         sources.append(source)
     return sources
@@ -135,7 +138,10 @@ def sources_from_plan(
     metrics_for: MetricsFor | None = None,
     evidence: EvidenceLog | None = None,
     actor: str | None = None,
+    field_policy: FieldPolicy | None = None,
 ) -> list[Source]:
-    """The sources that collect every row of `plan` (metrics and quarantine evidence wired in)."""
+    """The sources that collect every row of `plan` (metrics and quarantine evidence wired in;
+    `field_policy`, the agent's desensitizer, decides what the MQTT quarantine keeps)."""
     metrics = metrics_for or (lambda _name: NullSourceMetrics())
-    return [*_opcua(plan, settings, metrics), *_mqtt(plan, settings, client_id, metrics, evidence, actor)]
+    mqtt = _mqtt(plan, settings, client_id, metrics, evidence, actor, field_policy)
+    return [*_opcua(plan, settings, metrics), *mqtt]

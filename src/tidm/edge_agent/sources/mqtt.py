@@ -40,9 +40,13 @@ from tidm.edge_agent.sources.base import Emit, RawSample
 from tidm.edge_agent.sources.decoders import (
     Decoder,
     DecoderSettings,
+    ExpiredRecord,
+    FieldPolicy,
     PayloadQuarantine,
     QuarantineRecord,
+    QuarantineRetention,
     QuarantineStats,
+    Reject,
     SparkplugDecoder,
     build_decoder,
     safe_decode,
@@ -132,6 +136,10 @@ class MqttSourceSettings(BaseModel):
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
     quarantine_dir: Path = Path("quarantine/mqtt")
+    # How long rejected payloads are kept (max age, max bytes of the quarantine file); what retention
+    # removes is counted and recorded (EXPIRE evidence entry). What is kept of a payload follows the
+    # desensitization policy (see `decoders.quarantine`).
+    quarantine_retention: QuarantineRetention = QuarantineRetention()
     subscriptions: list[MqttSubscription] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -170,6 +178,7 @@ class MqttStats:
             k: float(v) for k, v in vars(self).items() if isinstance(v, int | bool) and not isinstance(v, str)
         }
         out["quarantined_payloads"] = float(self.quarantine.payloads)
+        out["quarantine_expired"] = float(self.quarantine.expired)
         for reason, count in self.quarantine.rejects_by_reason.items():
             out[f"rejected{{{reason}}}"] = float(count)
         return out
@@ -278,9 +287,12 @@ class MqttSource:
         metrics: SourceMetrics | None = None,
         evidence: EvidenceLog | None = None,
         actor: str | None = None,
+        field_policy: FieldPolicy | None = None,
     ) -> None:
         """`subscriptions` default to `settings.subscriptions`; quarantined payloads are evidenced
-        (ROUTE entries) in `evidence` when given, under `actor`."""
+        (ROUTE entries, EXPIRE when retention removes them) in `evidence` when given, under `actor`.
+        `field_policy` (the agent's desensitizer) decides what the quarantine keeps of a payload;
+        without one (no policy configured, every value shared in clear) the payload is kept whole."""
         self._mqtt = _paho()
         self.metrics: SourceMetrics = metrics or NullSourceMetrics()
         self._evidence = evidence
@@ -295,7 +307,10 @@ class MqttSource:
         self._name = f"{scheme}://{settings.host}:{settings.port}/{settings.client_id}"
         self.stats = MqttStats()
         self.actor = actor or f"source:{self._name}"
-        self.quarantine = PayloadQuarantine(settings.quarantine_dir, f"mqtt-{settings.client_id}")
+        self._field_policy = field_policy
+        self.quarantine = PayloadQuarantine(
+            settings.quarantine_dir, f"mqtt-{settings.client_id}", settings.quarantine_retention
+        )
         self.stats.quarantine = self.quarantine.stats
         self._generation = 0
         self._client: Any = None
@@ -631,16 +646,17 @@ class MqttSource:
             if got:
                 samples.extend(got)
             if rejects:
-                bad.append(QuarantineRecord(item.topic, item.recv_us, item.payload, tuple(rejects)))
+                bad.append(self._quarantine_record(decoders[index], item, tuple(rejects)))
         self.stats.messages += len(items)
         if bad:
             try:
-                await asyncio.to_thread(self.quarantine.write, bad)
+                expired = await asyncio.to_thread(self.quarantine.write, bad)
             except OSError as exc:
                 # Not acknowledged: the broker redelivers them once the quarantine is writable again.
                 msg = f"{self.name}: cannot write the quarantine file {self.quarantine.path}: {exc}"
                 raise SourceError(msg) from exc
             self._evidence_quarantined(bad)
+            self._evidence_expired(expired)
             for record in bad:
                 self.metrics.quarantined(min(r.reason for r in record.rejects))
                 log.warning(
@@ -665,6 +681,55 @@ class MqttSource:
             client.ack(item.mid, item.qos)
             self.stats.acked += 1
 
+    def _quarantine_record(
+        self, decoder: Decoder, item: _Item, rejects: tuple[Reject, ...]
+    ) -> QuarantineRecord:
+        """What the quarantine keeps of a rejected payload: with a policy, the decoder's redacted
+        payload, or only its hash and the reasons when it cannot be parsed into fields."""
+        if self._field_policy is None:
+            return QuarantineRecord(item.topic, item.recv_us, item.payload, rejects)
+        try:
+            kept = decoder.redact(item.topic, item.payload, item.recv_us, self._field_policy)
+        except Exception:  # noqa: BLE001 - bad input must never crash the source: keep the hash only
+            log.exception("%s: cannot redact a payload from %r; keeping its hash only", self.name, item.topic)
+            kept = None
+        redaction: Literal["policy", "hash-only"] = "policy" if kept is not None else "hash-only"
+        return QuarantineRecord(item.topic, item.recv_us, item.payload, rejects, kept, redaction)
+
+    def _evidence_expired(self, expired: list[ExpiredRecord]) -> None:
+        if not expired:
+            return
+        log.warning(
+            "%s: quarantine retention removed %d payload(s) (%d bytes) from %s",
+            self.name,
+            len(expired),
+            sum(e.bytes for e in expired),
+            self.quarantine.path,
+        )
+        if self._evidence is None:
+            return
+        now = time.time_ns() // 1000
+        self._evidence.append(
+            [
+                EvidenceEntry(
+                    event=EventType.EXPIRE,
+                    subject=e.sha256,
+                    actor=self.actor,
+                    time_us=now,
+                    attributes={
+                        "route": "quarantine",
+                        "reason": f"retention.{e.why}",
+                        "source": self.name,
+                        "topic": e.topic,
+                        "recv_us": e.recv_us,
+                        "bytes": e.bytes,
+                        "quarantine_file": str(self.quarantine.path),
+                    },
+                )
+                for e in expired
+            ]
+        )
+
     def _evidence_quarantined(self, records: list[QuarantineRecord]) -> None:
         if self._evidence is None:
             return
@@ -681,6 +746,7 @@ class MqttSource:
                         "topic": r.topic,
                         "reasons": sorted({x.reason for x in r.rejects}),
                         "bytes": len(r.payload),
+                        "kept": r.redaction,
                         "quarantine_file": str(self.quarantine.path),
                     },
                 )

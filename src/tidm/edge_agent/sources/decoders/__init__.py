@@ -13,7 +13,16 @@ from pydantic import Field
 from tidm.edge_agent.sources.decoders.base import Decoded, Decoder, Reject, safe_decode
 from tidm.edge_agent.sources.decoders.json_path import JsonDecoder, JsonDecoderSettings, JsonSignal
 from tidm.edge_agent.sources.decoders.plain import PlainDecoder, PlainDecoderSettings
-from tidm.edge_agent.sources.decoders.quarantine import PayloadQuarantine, QuarantineRecord, QuarantineStats
+from tidm.edge_agent.sources.decoders.quarantine import (
+    DROPPED,
+    ExpiredRecord,
+    FieldPolicy,
+    FieldValue,
+    PayloadQuarantine,
+    QuarantineRecord,
+    QuarantineRetention,
+    QuarantineStats,
+)
 from tidm.edge_agent.sources.decoders.sparkplug import (
     SparkplugDecoder,
     SparkplugDecoderSettings,
@@ -21,9 +30,13 @@ from tidm.edge_agent.sources.decoders.sparkplug import (
 )
 
 __all__ = [
+    "DROPPED",
     "Decoded",
     "Decoder",
     "DecoderSettings",
+    "ExpiredRecord",
+    "FieldPolicy",
+    "FieldValue",
     "JsonDecoder",
     "JsonDecoderSettings",
     "JsonSignal",
@@ -31,6 +44,7 @@ __all__ = [
     "PlainDecoder",
     "PlainDecoderSettings",
     "QuarantineRecord",
+    "QuarantineRetention",
     "QuarantineStats",
     "Reject",
     "SparkplugDecoder",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tidm.edge_agent.sources.base import RawSample
+
+if TYPE_CHECKING:
+    from tidm.edge_agent.sources.decoders.quarantine import FieldPolicy
 
 __all__ = [
     "STATUS_BAD_NO_COMMUNICATION",
@@ -52,6 +55,12 @@ class Decoder(Protocol):
 
     def decode(self, topic: str, payload: bytes, recv_us: int) -> Decoded:
         """The samples in `payload` (received on `topic` at `recv_us`) and what was rejected."""
+        ...
+
+    def redact(self, topic: str, payload: bytes, recv_us: int, policy: FieldPolicy) -> bytes | None:
+        """`payload` as the quarantine may keep it: `policy` applied to every field this decoder
+        knows, every other field replaced by a marker; None when the payload cannot be parsed into
+        fields (the quarantine then keeps only its hash and the reasons)."""
         ...
 
 

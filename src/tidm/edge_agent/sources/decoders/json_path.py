@@ -14,7 +14,7 @@ import datetime as dt
 import json
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -22,7 +22,16 @@ from tidm.edge_agent.sources.base import RawSample
 from tidm.edge_agent.sources.decoders.base import STATUS_GOOD, Decoded, Reject, topic_level
 from tidm.errors import MissingExtraError
 
+if TYPE_CHECKING:
+    from tidm.edge_agent.sources.decoders.quarantine import FieldPolicy
+
 __all__ = ["JsonDecoder", "JsonDecoderSettings", "JsonSignal", "compile_path"]
+
+# What the quarantine keeps in place of a field it may not keep in clear.
+DROPPED_MARK = "<dropped by policy>"
+UNKNOWN_MARK = "<redacted: not a collected field>"
+
+Location = tuple[str | int, ...]
 
 TimestampUnit = Literal["auto", "iso", "s", "ms", "us", "ns"]
 
@@ -340,6 +349,74 @@ class JsonDecoder:
                 )
         return samples, rejects
 
+    def redact(self, topic: str, payload: bytes, recv_us: int, policy: FieldPolicy) -> bytes | None:
+        """The payload with `policy` applied to each configured signal's value (as `decode` finds
+        it); the asset id, signal name and time fields kept; every other field replaced by a marker."""
+        from tidm.edge_agent.sources.decoders.quarantine import DROPPED, FieldValue
+
+        try:
+            doc = json.loads(payload)
+        except (ValueError, RecursionError):
+            return None
+        s = self.settings
+        asset_fixed = s.asset_id
+        if s.asset_topic_level is not None:
+            asset_fixed = topic_level(topic, s.asset_topic_level)
+        records = self._located_records(doc)
+        if records is None:
+            return None
+        clear: set[Location] = set()
+        fields: list[FieldValue] = []
+        where: list[Location] = []
+        unknown: set[Location] = set()
+        for prefix, record in records:
+            asset = asset_fixed
+            if s.asset_path is not None:
+                asset = self._keep_clear(s.asset_path, record, prefix, clear)
+            if s.timestamp_path is not None:
+                self._keep_clear(s.timestamp_path, record, prefix, clear)
+            pairs: list[tuple[str | None, str]] = []
+            if s.signal_path is not None and s.value_path is not None:
+                pairs.append((self._keep_clear(s.signal_path, record, prefix, clear), s.value_path))
+            else:
+                pairs.extend((js.signal, js.path) for js in s.signals)
+            for signal, path in pairs:
+                found = _locate(path, record)
+                if found is None:
+                    continue
+                loc, raw = found
+                if asset is None or signal is None:
+                    unknown.add(prefix + loc)  # whose value this is is unknown: no policy to apply
+                    continue
+                fields.append(FieldValue(asset, signal, raw, recv_us))
+                where.append(prefix + loc)
+        rewrites: dict[Location, Any] = {}
+        for loc, kept in zip(where, policy.rewrite(fields), strict=True):
+            rewrites[loc] = DROPPED_MARK if kept is DROPPED else kept
+        for loc in unknown:
+            rewrites[loc] = UNKNOWN_MARK
+        return json.dumps(_rebuild(doc, (), rewrites, clear), separators=(",", ":")).encode("utf-8")
+
+    def _located_records(self, doc: Any) -> list[tuple[Location, Any]] | None:
+        if self.settings.records is not None:
+            try:
+                matches = _jsonpath().compile(self.settings.records).finditer(doc)
+                return [(tuple(m.parts), m.obj) for m in matches]
+            except Exception:  # noqa: BLE001 - python-jsonpath may raise on odd documents
+                return None
+        if type(doc) is list:
+            return [((i,), r) for i, r in enumerate(doc)]
+        return [((), doc)]
+
+    @staticmethod
+    def _keep_clear(path: str, record: Any, prefix: Location, clear: set[Location]) -> str | None:
+        """Mark the (text or number) field at `path` as kept in clear; its text, if it is text."""
+        found = _locate(path, record)
+        if found is None or type(found[1]) not in (str, int, float):
+            return None
+        clear.add(prefix + found[0])
+        return found[1] if type(found[1]) is str and found[1] else None
+
     def _long(
         self,
         record: Any,
@@ -394,3 +471,26 @@ def _value(raw: Any) -> tuple[float | None, str | None] | str:
             return f"is text longer than {_MAX_TEXT} characters"
         return None, raw
     return f"is a {'JSON object' if rt is dict else 'JSON array' if rt is list else rt.__name__}"
+
+
+def _locate(path: str, record: Any) -> tuple[Location, Any] | None:
+    """Where the first match of `path` is in `record` (as `compile_path` finds it) and its value."""
+    try:
+        match = _jsonpath().compile(path).match(record)
+    except Exception:  # noqa: BLE001 - python-jsonpath may raise on odd documents
+        return None
+    if match is None:
+        return None
+    return tuple(match.parts), match.obj
+
+
+def _rebuild(node: Any, loc: Location, rewrites: dict[Location, Any], clear: set[Location]) -> Any:
+    if loc in rewrites:
+        return rewrites[loc]
+    if loc in clear:
+        return node
+    if type(node) is dict:
+        return {k: _rebuild(v, (*loc, k), rewrites, clear) for k, v in node.items()}
+    if type(node) is list:
+        return [_rebuild(v, (*loc, i), rewrites, clear) for i, v in enumerate(node)]
+    return UNKNOWN_MARK

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tidm.edge_agent.sources.base import RawSample
 from tidm.edge_agent.sources.decoders.base import STATUS_GOOD, Decoded, Reject, topic_level
+
+if TYPE_CHECKING:
+    from tidm.edge_agent.sources.decoders.quarantine import FieldPolicy
 
 __all__ = ["PlainDecoder", "PlainDecoderSettings"]
 
@@ -70,3 +74,26 @@ class PlainDecoder:
                 return [], [Reject("plain.text", f"text of {len(text)} characters is not a value")]
             return [RawSample(asset, signal, recv_us, recv_us, None, text, STATUS_GOOD)], []
         return [RawSample(asset, signal, recv_us, recv_us, value, None, STATUS_GOOD)], []
+
+    def redact(self, topic: str, payload: bytes, recv_us: int, policy: FieldPolicy) -> bytes | None:
+        """The payload is one field: the policy's rewrite of it; None if dropped or not text."""
+        from tidm.edge_agent.sources.decoders.quarantine import DROPPED, FieldValue
+
+        s = self.settings
+        asset = s.asset_id if s.asset_topic_level is None else topic_level(topic, s.asset_topic_level)
+        signal = s.signal if s.signal_topic_level is None else topic_level(topic, s.signal_topic_level)
+        if asset is None or signal is None:
+            return None
+        try:
+            text = payload.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return None
+        value: float | str = text
+        try:
+            value = float(text)
+        except ValueError:
+            value = _BOOLS.get(text.lower(), text)
+        (kept,) = policy.rewrite([FieldValue(asset, signal, value, recv_us)])
+        if kept is DROPPED:
+            return None
+        return (kept if isinstance(kept, str) else json.dumps(kept)).encode("utf-8")

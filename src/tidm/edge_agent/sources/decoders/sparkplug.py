@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -33,6 +33,9 @@ from tidm.edge_agent.sources.decoders.base import (
     Reject,
 )
 from tidm.errors import MissingExtraError
+
+if TYPE_CHECKING:
+    from tidm.edge_agent.sources.decoders.quarantine import FieldPolicy
 
 __all__ = ["DataType", "SparkplugDecoder", "SparkplugDecoderSettings", "SparkplugStats", "payload_class"]
 
@@ -207,6 +210,11 @@ class SparkplugDecoder:
         from google.protobuf.message import DecodeError
 
         self._decode_error = DecodeError
+
+    def redact(self, topic: str, payload: bytes, recv_us: int, policy: FieldPolicy) -> bytes | None:
+        """None: a Sparkplug payload is not rewritten field by field (protobuf, aliases known only
+        from the birth); the quarantine keeps its hash and the reasons."""
+        return None
 
     def decode(self, topic: str, payload: bytes, recv_us: int) -> Decoded:
         """Samples of a Sparkplug message; births/deaths update the state kept for later messages."""
