@@ -90,7 +90,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def test_auth_is_required(server: tuple[str, Path]) -> None:
-    url, _ = server
+    url, root = server
     r = httpx.get(f"{url}/v1/units/{ASSET}/samples", params=_params())
     assert r.status_code == 401
     r = httpx.get(
@@ -98,7 +98,18 @@ def test_auth_is_required(server: tuple[str, Path]) -> None:
     )
     assert r.status_code == 401
     r = httpx.get(f"{url}/v1/units/urn:tidm:asset:fan-2/samples", params=_params(), headers=AUTH)
-    assert r.status_code == 403 and "outside its scope" in r.json()["detail"]
+    # Out of scope is not found: the answer names neither the site nor the grant's scope ...
+    assert r.status_code == 404 and r.json()["detail"] == "no unit 'urn:tidm:asset:fan-2' in table 'clean'"
+    # ... while the evidence log keeps the full reason.
+    log = SqliteEvidenceLog(root / "evidence.db")
+    try:
+        denied = [e.entry for e in log.read() if e.entry.attributes.get("decision") == "denied"]
+    finally:
+        log.close()
+    assert any(
+        "outside its scope" in e.attributes["reason"] and e.attributes["asset"] == "urn:tidm:asset:fan-2"
+        for e in denied
+    )
 
 
 def test_formats_carry_the_same_rows(server: tuple[str, Path]) -> None:

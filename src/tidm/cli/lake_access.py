@@ -8,11 +8,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tidm.cli.settings import LakeAccessSettings
+from tidm.cli.settings import ConfigError, LakeAccessSettings
 from tidm.cli.wiring import OpenEvidenceLog, open_evidence
 from tidm.semantics.classification import Level
 from tidm.storage import Lake
-from tidm.storage.access import AccessControl, load_access
+from tidm.storage.access import AccessControl, ReadLedger, SequencedLedger, load_access
 from tidm.storage.read import LakeReader, SignalInfo
 
 __all__ = ["ReadSide", "load_signal_infos", "open_read_side", "parse_time"]
@@ -65,6 +65,20 @@ class ReadSide:
         )
 
 
+def _ledger(evidence: OpenEvidenceLog, settings: LakeAccessSettings) -> ReadLedger | None:
+    """Through Kafka, read counts are decided by the notary's order (shared by every replica)."""
+    from tidm.ingest.evidence_sink import KafkaEvidenceSink
+
+    if not isinstance(evidence, KafkaEvidenceSink) or not evidence.can_read:
+        return None
+    view = evidence.reader
+    refresh = getattr(view, "refresh", None)
+    if refresh is None:
+        msg = f"evidence store {view!r} cannot be refreshed, so read counts could not follow the notary"
+        raise ConfigError(msg)
+    return SequencedLedger(evidence, view, refresh, timeout_s=settings.read.count_timeout_s)
+
+
 @contextmanager
 def open_read_side(settings: LakeAccessSettings, *, reads_for: str | None = None) -> Iterator[ReadSide]:
     """Lake, evidence, grants and catalog. `reads_for` names the command when it reads the evidence log
@@ -77,7 +91,12 @@ def open_read_side(settings: LakeAccessSettings, *, reads_for: str | None = None
         yield ReadSide(
             lake=Lake.from_settings(settings.lake),
             evidence=evidence,
-            access=load_access(settings.read.grants, evidence),
+            access=load_access(
+                settings.read.grants,
+                evidence,
+                ledger=_ledger(evidence, settings) if reads_for is not None else None,
+                served_by=settings.read.served_by,
+            ),
             catalog=load_signal_infos(settings.read.catalog),
             settings=settings,
         )

@@ -5,6 +5,7 @@ The environment is read here, at the entry point, and nowhere deeper; parts get 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -148,6 +149,10 @@ class ReadSection(BaseModel):
     grants: Path = Path("grants.yaml")
     catalog: Path | None = None
     retention_days: dict[str, int] = Field(default_factory=dict)
+    # The read side's identity in the FETCH entries it records (`served_by`).
+    served_by: str = Field(default="serve", min_length=1, max_length=128)
+    # With evidence through Kafka: how long a read waits for the notary to sequence its reservation.
+    count_timeout_s: float = Field(default=30.0, gt=0)
 
 
 class ServeSection(BaseModel):
@@ -156,6 +161,16 @@ class ServeSection(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_rows_per_page: int = Field(default=100_000, ge=1)
+    # Per-request caps: a wider time span or more rows is refused with a 4xx naming the cap.
+    max_span: dt.timedelta = dt.timedelta(days=31)
+    max_rows: int = Field(default=200_000_000, ge=1)
+    catalog_cache_s: float = Field(default=30.0, ge=0)
+    # Refusals: one evidence entry per (caller, status, reason) and interval, counting repeats.
+    refusal_interval_s: float = Field(default=10.0, gt=0)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    keep_alive_s: int = Field(default=5, ge=1)
+    max_connections: int = Field(default=512, ge=1)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
 
 
 class LakeAccessSettings(BaseModel):

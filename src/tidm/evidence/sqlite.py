@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -308,6 +308,32 @@ class SqliteEvidenceLog:
                     return self._logged(*row)
                 logged = self._insert(db, [prepared])[0]
             self._frontier = self._pending
+        return logged
+
+    def append_checked(
+        self, decide: Callable[[Callable[[str], list[LoggedEntry]]], Sequence[EvidenceEntry]]
+    ) -> list[LoggedEntry]:
+        """Check and record in one `BEGIN IMMEDIATE` transaction: `decide(by_input)` reads the log
+        (lookups by input, as `by_input`) and returns the entries to append, which are logged before
+        any other writer, in this or another process, can append. A read limit counted from the log
+        is exact this way under any concurrency."""
+        with self._lock:
+            self._pending = None
+            with self._transaction(write=True) as db:
+
+                def lookup(subject: str) -> list[LoggedEntry]:
+                    _check_digest(subject)
+                    rows = db.execute(
+                        "SELECT e.idx, e.canonical, e.leaf_hash FROM inputs AS i "
+                        "JOIN entries AS e ON e.idx = i.idx WHERE i.input = ? ORDER BY e.idx",
+                        (subject,),
+                    ).fetchall()
+                    return list(self._logged_many(rows))
+
+                prepared = [_prepare(entry) for entry in decide(lookup)]
+                logged = self._insert(db, prepared) if prepared else []
+            if prepared:
+                self._frontier = self._pending
         return logged
 
     def size(self) -> int:

@@ -9,7 +9,7 @@ statistics the writer keeps (objects are sorted by signal, then time). Every rea
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -17,11 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tidm.semantics.classification import Level
-from tidm.storage.access import AccessControl, ReadRequest
-from tidm.storage.errors import AccessDenied, LakeError
+from tidm.storage.access import AccessControl, Decision, ReadRequest
+from tidm.storage.errors import AccessDenied, LakeError, RequestTooLarge
 from tidm.storage.lake import Lake, partition_segment, partition_value
+from tidm.storage.stream import count_rows, merged_batches, output_schema, plan_objects
 
-__all__ = ["LakeReader", "SignalInfo", "UnitObjects", "to_us", "unit_objects"]
+__all__ = ["LakeReader", "SignalInfo", "UnitObjects", "UnitStream", "to_us", "unit_objects"]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MAX_US = 2**53
@@ -48,6 +49,22 @@ class SignalInfo:
     unit: str | None = None
     semantic_id: str | None = None
     level: Level = Level.GENERAL
+
+
+@dataclass
+class UnitStream:
+    """A streamed read: the output schema, the batches (a generator: close it to stop early), the
+    objects read and the grant decision that allowed it."""
+
+    schema: pa.Schema
+    batches: Iterator[pa.RecordBatch]
+    objects: list[str]
+    decision: Decision
+
+    def close(self) -> None:
+        close = getattr(self.batches, "close", None)
+        if close is not None:
+            close()
 
 
 @dataclass(frozen=True)
@@ -122,22 +139,18 @@ class LakeReader:
             levels.setdefault(signal, self._default_level)
         return levels
 
-    def read_unit(
+    def _authorize(
         self,
         asset: str,
         start: dt.datetime,
         end: dt.datetime,
-        signals: Sequence[str] | None = None,
-        table: str = "clean",
-        *,
-        site: str | None = None,
-        with_metadata: bool = False,
-    ) -> pl.LazyFrame:
-        """Samples of `asset` with start <= ts < end (UTC), optionally only `signals`.
+        signals: Sequence[str] | None,
+        table: str,
+        site: str | None,
+    ) -> tuple[int, int, UnitObjects, Decision, list[str] | None, list[str]]:
+        """Check the range, list the objects, decide and count the read (recorded as FETCH).
 
-        Raises AccessDenied (recorded in the evidence log) when no grant of the principal allows it.
-        With `with_metadata`, unit and semantic id from the catalog are joined as columns.
-        """
+        Returns (start_us, end_us, objects, decision, signals to keep or None for all, to drop)."""
         start_us, end_us = to_us(start), to_us(end)
         if end_us <= start_us:
             msg = f"empty time range: {start.isoformat()} is not before {end.isoformat()}"
@@ -153,16 +166,106 @@ class LakeReader:
             channel=self._channel,
         )
         levels = self._levels(asset, signals)
-        decision = self._access.decide(self._principal, request, levels)
-        self._access.record(decision, request, found.keys if decision.allowed else [])
+        decision = self._access.admit(self._principal, request, levels, found.keys)
         if not decision.allowed:
             msg = f"read of {asset!r} ({table}) by {self._principal!r} refused: {decision.reason}"
-            raise AccessDenied(msg)
+            raise AccessDenied(msg, visible=decision.visible, public=decision.public_reason)
         keep: list[str] | None = list(signals) if signals is not None else None
         drop: list[str] = list(decision.withheld)
         if signals is None and self._default_level > decision.ceiling:
             keep = sorted(s for s, level in levels.items() if level <= decision.ceiling)
+        return start_us, end_us, found, decision, keep, drop
+
+    def read_unit(
+        self,
+        asset: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        signals: Sequence[str] | None = None,
+        table: str = "clean",
+        *,
+        site: str | None = None,
+        with_metadata: bool = False,
+    ) -> pl.LazyFrame:
+        """Samples of `asset` with start <= ts < end (UTC), optionally only `signals`, as a LazyFrame.
+
+        Raises AccessDenied (recorded in the evidence log) when no grant of the principal allows it.
+        With `with_metadata`, unit and semantic id from the catalog are joined as columns. For large
+        results use `stream_unit`, which reads in bounded memory.
+        """
+        start_us, end_us, found, _, keep, drop = self._authorize(asset, start, end, signals, table, site)
         return self._scan(found.keys, start_us, end_us, keep, drop, asset, with_metadata)
+
+    def stream_unit(
+        self,
+        asset: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        signals: Sequence[str] | None = None,
+        table: str = "clean",
+        *,
+        site: str | None = None,
+        with_metadata: bool = False,
+        batch_rows: int = 100_000,
+        max_span: dt.timedelta | None = None,
+        max_rows: int | None = None,
+    ) -> UnitStream:
+        """The same read as `read_unit`, streamed in (signal, ts) order in bounded memory.
+
+        The caps are checked before the read is counted: a span above `max_span` or more than
+        `max_rows` matching rows raise `RequestTooLarge`. Objects are opened (footers read) before
+        this returns, so an unavailable lake fails here, not in the middle of a response.
+        """
+        if max_span is not None and end - start > max_span:
+            to_us(start), to_us(end)  # a bad time is named as such first
+            msg = (
+                f"time range of {end - start} is above the per-request cap of {max_span}; "
+                "split it into several reads"
+            )
+            raise RequestTooLarge(msg)
+        if max_rows is not None:
+            self._check_rows(asset, start, end, signals, table, site, max_rows)
+        start_us, end_us, found, decision, keep, drop = self._authorize(
+            asset, start, end, signals, table, site
+        )
+        plans = plan_objects(self._lake, found.keys, start_us, end_us, keep)
+        schema = output_schema([p.file.schema_arrow for p in plans], with_metadata)
+        meta = (
+            {s: (i.unit, i.semantic_id) for (a, s), i in self._catalog.items() if a == asset}
+            if with_metadata
+            else None
+        )
+        batches = merged_batches(
+            plans, schema, start_us, end_us, keep=keep, drop=drop, batch_rows=batch_rows, metadata=meta
+        )
+        return UnitStream(schema=schema, batches=batches, objects=found.keys, decision=decision)
+
+    def _check_rows(
+        self,
+        asset: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        signals: Sequence[str] | None,
+        table: str,
+        site: str | None,
+        max_rows: int,
+    ) -> None:
+        """Refuse a read of more than `max_rows` rows, from the footers when they decide it (the
+        rows of the row groups that can match), else from the ts and signal columns."""
+        start_us, end_us = to_us(start), to_us(end)
+        if end_us <= start_us:
+            return  # named by _authorize
+        found = unit_objects(self._lake, table=table, asset=asset, start=start, end=end, site=site)
+        plans = plan_objects(self._lake, found.keys, start_us, end_us, signals)
+        if sum(p.rows_bound for p in plans) <= max_rows:
+            return
+        rows = count_rows(plans, start_us, end_us, signals, ())
+        if rows > max_rows:
+            msg = (
+                f"the read holds {rows} rows, above the per-request cap of {max_rows}; "
+                "narrow the time range or the signals"
+            )
+            raise RequestTooLarge(msg)
 
     def _scan(
         self,

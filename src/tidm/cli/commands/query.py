@@ -4,15 +4,23 @@ teams and data providers. Every read is checked against grants and logged as evi
 from __future__ import annotations
 
 import datetime as dt
-import io
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import polars as pl
 from tqdm import tqdm
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from tidm.storage.read import UnitStream
+
 __all__ = ["catalog", "lake", "query", "recall"]
+
+_SHOWN = 50
 
 _CONFIG = click.option(
     "--config",
@@ -79,40 +87,84 @@ def query_unit(
 ) -> None:
     """Samples of one unit (asset) between --from and --to."""
     from tidm.cli.lake_access import open_read_side
+    from tidm.storage.errors import LakeError, RequestTooLarge
 
     wanted = [s.strip() for s in signals.split(",") if s.strip()] if signals else None
-    with open_read_side(_settings(config), reads_for="`tidm query` (grant read limits)") as side:
-        frame = side.reader(principal, channel="cli").read_unit(
-            asset, start, end, wanted, table, site=site, with_metadata=metadata
-        )
-        frame = frame.sort("signal", "ts") if fmt == "table" else frame
-        if fmt == "table":
-            with pl.Config(tbl_rows=50, tbl_cols=12):
-                click.echo(frame.collect())
-            return
-        # Large exports stream in batches with a progress bar on stderr.
-        chunks = []
-        with tqdm(unit=" rows", file=sys.stderr, disable=None, desc="export") as bar:
-            for chunk in frame.collect_batches():
-                chunks.append(chunk)
-                bar.update(chunk.height)
-        result = pl.concat(chunks, how="vertical_relaxed") if chunks else frame.collect()
-        sink: io.BytesIO = io.BytesIO()
-        if fmt == "csv":
-            result.with_columns(pl.col(pl.Categorical).cast(pl.String)).write_csv(sink)
-        elif fmt == "json":
-            result.with_columns(pl.col(pl.Categorical).cast(pl.String)).write_ndjson(sink)
-        else:
-            result.write_parquet(sink, compression="zstd")
-        data = sink.getvalue()
+    if fmt == "parquet" and out is None:
+        msg = "parquet output is binary: use --out FILE"
+        raise click.UsageError(msg)
+    settings = _settings(config)
+    with open_read_side(settings, reads_for="`tidm query` (grant read limits)") as side:
+        try:
+            stream = side.reader(principal, channel="cli").stream_unit(
+                asset,
+                start,
+                end,
+                wanted,
+                table,
+                site=site,
+                with_metadata=metadata,
+                max_span=settings.serve.max_span,
+                max_rows=settings.serve.max_rows,
+            )
+        except (RequestTooLarge, LakeError) as exc:
+            raise click.ClickException(str(exc)) from None
+        try:
+            if fmt == "table":
+                _show(stream)
+                return
+            # Exports stream batch by batch (bounded memory) with a progress bar on stderr.
+            rows = _export(stream, fmt, out)
+        finally:
+            stream.close()
         if out is not None:
-            out.write_bytes(data)
-            click.echo(f"wrote {result.height} rows to {out}", err=True)
-        elif fmt == "parquet":
-            msg = "parquet output is binary: use --out FILE"
-            raise click.UsageError(msg)
+            click.echo(f"wrote {rows} rows to {out}", err=True)
+
+
+def _export(stream: UnitStream, fmt: str, out: Path | None) -> int:
+    from tidm.storage.formats import encode
+
+    rows = 0
+    with tqdm(unit=" rows", file=sys.stderr, disable=None, desc="export") as bar:
+
+        def counted() -> Iterator[pa.RecordBatch]:
+            nonlocal rows
+            for batch in stream.batches:
+                rows += batch.num_rows
+                bar.update(batch.num_rows)
+                yield batch
+
+        chunks = encode(stream.schema, counted(), fmt)  # type: ignore[arg-type]
+        if out is None:
+            for chunk in chunks:
+                click.echo(chunk, nl=False)
         else:
-            click.echo(data.decode("utf-8"), nl=False)
+            with out.open("wb") as sink:
+                for chunk in chunks:
+                    sink.write(chunk)
+    return rows
+
+
+def _show(stream: UnitStream) -> None:
+    """The first rows as a table and how many there are (the rest is counted, not held)."""
+    head: list[pl.DataFrame] = []
+    shown, total = 0, 0
+    for batch in stream.batches:
+        total += batch.num_rows
+        if shown < _SHOWN:
+            part = pl.from_arrow(batch.slice(0, _SHOWN - shown))
+            assert isinstance(part, pl.DataFrame)  # noqa: S101 - from_arrow of a batch is a frame
+            head.append(part)
+            shown += part.height
+    empty = pl.from_arrow(stream.schema.empty_table())
+    assert isinstance(empty, pl.DataFrame)  # noqa: S101 - from_arrow of a table is a frame
+    frame = pl.concat(head) if head else empty
+    with pl.Config(tbl_rows=_SHOWN, tbl_cols=12):
+        click.echo(frame)
+    click.echo(
+        f"{total} rows"
+        + (f" (first {shown} shown; use --format csv/json/parquet for all)" if total > shown else "")
+    )
 
 
 @click.command()
