@@ -188,3 +188,23 @@ def test_status_and_env(dev_services: dict[str, dict[str, Any]]) -> None:
     assert env.returncode == 0, env.stderr
     assert f"export TIDM_KAFKA__BOOTSTRAP={dev_services['kafka']['bootstrap']}" in env.stdout.splitlines()
     assert f"export TIDM_MQTT__PORT={dev_services['mqtt']['port']}" in env.stdout.splitlines()
+
+
+def test_a_service_started_through_a_linked_run_directory_is_recognised(tmp_path: Path) -> None:
+    """Worktrees share the run directory through a `.dev-services` symlink; a service whose command line
+    names the other checkout's path is the same service, not a stranger to restart."""
+    from tests.conftest import load_services_module
+
+    services = load_services_module()
+    real = tmp_path / "main" / ".dev-services"
+    (real / "s3").mkdir(parents=True)
+    (tmp_path / "wt").mkdir()
+    (tmp_path / "wt" / ".dev-services").symlink_to(real)
+    linked = tmp_path / "wt" / ".dev-services" / "s3"
+    cmdline = f"weed\0-logdir={real}/s3/logs\0mini\0-dir={real}/s3/data\0".encode()
+    assert services._names_dir(cmdline, str(linked))
+    assert services._names_dir(cmdline, str(real / "s3"))
+    assert not services._names_dir(cmdline, str(tmp_path / "wt" / ".dev-services" / "kafka"))
+    other = tmp_path / "other" / ".dev-services"
+    (other / "s3").mkdir(parents=True)
+    assert not services._names_dir(cmdline, str(other / "s3"))

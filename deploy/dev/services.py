@@ -26,6 +26,7 @@ import http.client
 import json
 import os
 import pwd
+import re
 import secrets
 import shlex
 import shutil
@@ -184,7 +185,23 @@ def _running(pid: int, marker: str) -> bool:
     except OSError:
         return False
     process_state = stat.rpartition(")")[2].split()[0]
-    return process_state not in ("Z", "X") and marker.encode() in cmdline
+    return process_state not in ("Z", "X") and _names_dir(cmdline, marker)
+
+
+def _names_dir(cmdline: bytes, marker: str) -> bool:
+    """Whether a command line names the directory `marker`, also through a symlink: worktrees share one
+    run directory through a `.dev-services` link, so a service started from one checkout names the other's
+    path, and must still be recognised (else every checkout restarts, and wipes, the shared services)."""
+    if marker.encode() in cmdline:
+        return True
+    where = Path(marker)
+    target = where.resolve()
+    pattern = re.compile(rf"(/[^\s=,;:]*/{re.escape(where.parent.name)}/{re.escape(where.name)})(?=/|$)")
+    for arg in cmdline.decode("utf-8", errors="replace").split("\0"):
+        for found in pattern.finditer(arg):
+            if Path(found.group(1)).resolve() == target:
+                return True
+    return False
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
