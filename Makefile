@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: tools demo test lint typecheck unit integration services-up services-down bench venv-runtime venv-dev clean
+.PHONY: browser tools demo test lint typecheck unit integration services-up services-down bench venv-runtime venv-dev clean
 
 $(BIN)/uv:
 	$(PY) -m venv $(VENV)
@@ -52,8 +52,12 @@ unit: $(VENV)/.dev
 
 tools: .cache/bin/kustomize
 
+# The console's browser tests drive Debian's chromium through Playwright (no browser download).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then apt-get update && apt-get install -y chromium; fi
+
 # Services are started before the suite and always stopped after it, whatever the outcome.
-test: $(VENV)/.dev tools
+test: $(VENV)/.dev tools browser
 	$(MAKE) lint typecheck
 	$(BIN)/python deploy/dev/services.py up
 	status=0; $(BIN)/pytest || status=$$?; \

@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from tidm.console.config import ConsoleSection
 from tidm.edge_agent.config import AgentSettings, HealthSettings
 from tidm.errors import Terminal, TidmError
 from tidm.evidence.objectstore import S3StoreSettings
@@ -22,6 +23,7 @@ from tidm.storage.config import LakeSettings
 __all__ = [
     "AgentProcessSettings",
     "ConfigError",
+    "ConsoleSettings",
     "EvidenceSettings",
     "JobProcessSettings",
     "NotaryProcessSettings",
@@ -184,6 +186,13 @@ class LakeAccessSettings(BaseModel):
     transport: TransportSettings = TransportSettings()
     read: ReadSection = ReadSection()
     serve: ServeSection = ServeSection()
+
+
+class ConsoleSettings(LakeAccessSettings):
+    """Settings of `tidm console`: the read side's (same lake, evidence, grants and catalog as
+    `tidm serve`) plus where the console listens and which processes its Fleet view scrapes."""
+
+    console: ConsoleSection = ConsoleSection()
 
 
 def _apply_env(doc: dict[str, Any], env: Mapping[str, str], sections: set[str]) -> dict[str, Any]:
