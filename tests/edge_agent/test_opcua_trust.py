@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from tests.security.edge_pki import DAY, NOW, certificate
 
-from tidm.edge_agent.sources.opcua import UntrustedServerError, _check_trusted
+from tidm.edge_agent.sources.opcua.trust import UntrustedServerError, _check_trusted
 
 URI = "urn:plant:plc-a"
 ENDPOINT = "opc.tcp://plc-a.plant.example:4840"
