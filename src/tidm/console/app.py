@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import UploadFile
 
+from tidm.console.audit import evidence_report, verify_object, verify_whole_log
 from tidm.console.config import ConsoleSection
 from tidm.console.plans import MAX_UPLOAD, plan_from_upload
 from tidm.console.session import COOKIE, LOGIN_COOKIE, csrf_matches, csrf_token, login_nonce
@@ -76,8 +77,12 @@ def create_console(
     *,
     settings: ConsoleSection | None = None,
     default_level: Level = Level.CORE,
+    checkpoint: Callable[[], str | None] = lambda: None,
 ) -> FastAPI:
-    """The console application over `lake`, under the grants of `access` (those of `tidm serve`)."""
+    """The console application over `lake`, under the grants of `access` (those of `tidm serve`).
+
+    `checkpoint` gives the evidence log's latest signed checkpoint (the Evidence view verifies the log
+    and objects against it with `settings.verifier_keys`)."""
     settings = settings or ConsoleSection()
     catalog = dict(catalog or {})
     app = FastAPI(title="TIDM console", docs_url=None, redoc_url=None, openapi_url=None)
@@ -365,5 +370,33 @@ def create_console(
             media = "text/csv"
         headers = {"Content-Disposition": f'attachment; filename="{stem}.{fmt}"'}
         return StreamingResponse(iter([sink.getvalue()]), media_type=media, headers=headers)
+
+    # --- Evidence --------------------------------------------------------------------------------
+
+    @app.get("/evidence", response_class=HTMLResponse)
+    def evidence(request: Request) -> HTMLResponse:
+        principal, token = session(request)
+        context: dict[str, Any] = {"active": "evidence", "who": principal.name, "report": None}
+        now_us = to_us(dt.datetime.now(dt.UTC))
+        # The log is read like a table: a grant on table `evidence` (all assets) lets an auditor in.
+        asked = ReadRequest(
+            site=None, asset="*", table="evidence", start_us=0, end_us=now_us, signals=None, channel="console"
+        )
+        decision = access.admit(principal.name, asked, {}, [])
+        if not decision.allowed:
+            msg = (
+                f"the evidence log is not readable under your grants: {decision.public_reason or 'no grant'}"
+            )
+            return page(request, "evidence.html", {**context, "error": msg}, status=403, token=token)
+        log = access.evidence
+        note = checkpoint()
+        keys = settings.verifier_keys
+        context["report"] = evidence_report(log, note, keys)
+        if request.query_params.get("verify"):
+            context["verdict"] = verify_whole_log(log, note, keys)
+        key = request.query_params.get("object", "").strip()
+        if key:
+            context["object"] = verify_object(log, note, keys, key[:1024], lake.read_bytes)
+        return page(request, "evidence.html", context, token=token)
 
     return app

@@ -28,6 +28,8 @@ class ConsoleSection(BaseModel):
     # Behind the ingress the console is reached over TLS: the session cookie is then `Secure`.
     secure_cookie: bool = True
     fleet: tuple[FleetTarget, ...] = ()
+    # The notary's verifier keys (C2SP vkey lines, public): the Evidence view checks checkpoints with them.
+    verifier_keys: tuple[str, ...] = ()
     fleet_timeout_s: float = Field(default=2.0, gt=0, le=30)
     # Points per signal sent to the browser: the chart's width in pixels times two (min and max).
     max_buckets: int = Field(default=4000, ge=16, le=100_000)

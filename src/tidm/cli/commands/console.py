@@ -28,7 +28,16 @@ def console(config: Path | None) -> None:
 
     settings = load_settings(ConsoleSettings, config)
     with open_read_side(settings, reads_for="`tidm console` (grant read limits, the Evidence view)") as side:
-        app = create_console(side.lake, side.access, side.catalog, settings=settings.console)
+        from tidm.cli.commands.evidence import latest_checkpoint
+
+        log = side.evidence
+        app = create_console(
+            side.lake,
+            side.access,
+            side.catalog,
+            settings=settings.console,
+            checkpoint=lambda: latest_checkpoint(log),
+        )
         section = settings.serve
         server_config = uvicorn.Config(
             app,
