@@ -24,6 +24,7 @@ from starlette.datastructures import UploadFile
 
 from tidm.console.audit import evidence_report, verify_object, verify_whole_log
 from tidm.console.config import ConsoleSection
+from tidm.console.fleet import Fleet, by_kind, totals
 from tidm.console.plans import MAX_UPLOAD, plan_from_upload
 from tidm.console.session import COOKIE, LOGIN_COOKIE, csrf_matches, csrf_token, login_nonce
 from tidm.console.units import UnitRef, read_series, visible_units
@@ -370,6 +371,30 @@ def create_console(
             media = "text/csv"
         headers = {"Content-Disposition": f'attachment; filename="{stem}.{fmt}"'}
         return StreamingResponse(iter([sink.getvalue()]), media_type=media, headers=headers)
+
+    # --- Fleet -----------------------------------------------------------------------------------
+
+    fleet = Fleet(settings.fleet, timeout_s=settings.fleet_timeout_s)
+
+    @app.get("/fleet", response_class=HTMLResponse)
+    def fleet_view(request: Request) -> HTMLResponse:
+        principal, token = session(request)
+        views = fleet.scrape()
+        note = checkpoint()
+        lines = note.split("\n") if note else []
+        context = {
+            "active": "fleet",
+            "who": principal.name,
+            "kinds": by_kind(views),
+            "agents_up": sum(1 for v in views if v.kind == "agent" and v.up),
+            "agents": sum(1 for v in views if v.kind == "agent"),
+            "samples_in": totals(views, "agent", "samples in"),
+            "rows_landed": totals(views, "job", "rows landed"),
+            "objects": totals(views, "job", "objects"),
+            "log_size": access.evidence.size(),
+            "checkpoint_size": int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else None,
+        }
+        return page(request, "fleet.html", context, token=token)
 
     # --- Evidence --------------------------------------------------------------------------------
 
