@@ -111,7 +111,7 @@ async def test_pipeline_evidence_via_notary_and_s3_tiles_verifies_and_proves(
         **os.environ,
         "TIDM_S3_ENDPOINT": s3_config["endpoint"],
         "TIDM_S3_ACCESS_KEY": s3_config["access_key"],
-        "TIDM_S3_SECRET_KEY": s3_config["secret_key"],
+        "TIDM_S3_SECRET_KEY_FILE": str(_secret_file(tmp_path, s3_config["secret_key"])),
     }
     log_url, lake_url = f"s3://{s3_bucket}/evidence", f"s3://{s3_bucket}/lake"
     runner = CliRunner(env=env)
@@ -163,3 +163,11 @@ async def test_pipeline_evidence_via_notary_and_s3_tiles_verifies_and_proves(
     )
     assert fresh.returncode == 0, fresh.stderr
     assert json.loads(bundle.read_text())["object"] == key
+
+
+def _secret_file(folder: Path, secret: str) -> Path:
+    """The S3 secret key in a file only this user reads (the evidence CLI takes it from files only)."""
+    path = folder / "s3-secret-key"
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return path

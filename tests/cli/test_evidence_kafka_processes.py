@@ -194,7 +194,7 @@ def test_agent_job_and_query_evidence_reach_the_notary_and_verify(
         env={
             "TIDM_S3_ENDPOINT": s3_config["endpoint"],
             "TIDM_S3_ACCESS_KEY": s3_config["access_key"],
-            "TIDM_S3_SECRET_KEY": s3_config["secret_key"],
+            "TIDM_S3_SECRET_KEY_FILE": str(_secret_file(tmp_path, s3_config["secret_key"])),
         }
     ).invoke(
         cli,
@@ -217,4 +217,12 @@ def test_agent_job_and_query_evidence_reach_the_notary_and_verify(
 
 def _write(path: Path, doc: object) -> Path:
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+def _secret_file(folder: Path, secret: str) -> Path:
+    """The S3 secret key in a file only this user reads (the evidence CLI takes it from files only)."""
+    path = folder / "s3-secret-key"
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
     return path

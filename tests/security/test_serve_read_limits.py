@@ -100,6 +100,14 @@ def _check_log(entries: list[EvidenceEntry], principal: str, parallel: int) -> N
     assert len(counted) >= 5
     winners = {e.subject for e in counted} - {e.attributes.get("reservation") for e in denied}
     assert len(winners) == 5, "the log alone says which 5 reads were granted"
+    reserved = [e for e in counted if e.attributes["decision"] == "reserved"]
+    if reserved:  # through the notary: each winner's reservation has an `allowed` outcome
+        outcomes = [
+            e for e in fetches if e.attributes["decision"] == "allowed" and "reservation" in e.attributes
+        ]
+        assert {e.attributes["reservation"] for e in outcomes} == winners
+    else:  # SQLite: the allowed entries are the reads
+        assert all(e.attributes["decision"] == "allowed" for e in counted) and len(counted) == 5
 
 
 def test_parallel_reads_on_one_serve_with_sqlite(tmp_path: Path) -> None:

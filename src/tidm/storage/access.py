@@ -5,8 +5,9 @@ A grant scopes reads by site, asset and table globs, a classification ceiling, a
 validity window and an optional read-count limit. The count is taken from the evidence log itself:
 there is no separate counter to drift from what the log says. What counts (`counts_against`): FETCH
 entries whose decision is `allowed` or `reserved`, recorded by the read side (`served_by`), naming the
-grant and its principal and listing the grant's subject among their `inputs`. Nothing else that lists
-the grant as an input counts, so an entry of another kind cannot use up someone's reads.
+grant and its principal and listing the grant's subject among their `inputs`, and not naming a
+`reservation` (those are outcomes of a reservation already counted). Nothing else that lists the grant
+as an input counts, so an entry of another kind cannot use up someone's reads.
 
 A read takes its count before any data flows, atomically, by one of two ledgers:
 
@@ -20,11 +21,13 @@ A read takes its count before any data flows, atomically, by one of two ledgers:
   fewer than `max_reads` counted entries of that grant precede it in the log. Every replica reads the
   same log, so all agree on which reservations won, and N replicas never grant more than `max_reads` in
   total, with no coordinator besides the notary TIDM already has. A replica counts its own in-flight
-  reservations too, refusing at once when sequenced plus in-flight already reach the limit. A reserved
-  read refused by its rank (or by `valid_until` passing while it waited) gets a `denied` FETCH naming
-  the reservation. A reservation whose sequencing is not seen in time is refused (503) but still
-  counts once the notary sequences it: the limit errs towards refusing, never towards one read more.
-  An auditor recounts the same way, from the log alone.
+  reservations too, refusing at once when sequenced plus in-flight already reach the limit. The outcome
+  follows as a FETCH naming the reservation: `allowed` for a winner, `denied` for a reservation refused
+  by its rank (or by `valid_until` passing while it waited). A reservation whose sequencing is not
+  seen in time is refused (503) but still counts once the notary sequences it: the limit errs towards
+  refusing, never towards one read more. An auditor recounts the same way, from the log alone.
+  Why this and not a counter of its own: the notary already gives every replica one total order, and
+  the log is then the counter (nothing to drift, nothing more to run, and auditable offline).
 
 `valid_until` and `valid_from` are checked at the moment the count is taken (inside the transaction,
 or after the reservation is sequenced), not only when the request arrived.
@@ -161,6 +164,7 @@ def counts_against(logged: EvidenceEntry, principal: str, grant_id: str) -> bool
         and attributes.get("principal") == principal
         and attributes.get("grant") == grant_id
         and isinstance(attributes.get("served_by"), str)
+        and "reservation" not in attributes
         and grant_subject(principal, grant_id) in logged.inputs
     )
 
@@ -350,12 +354,17 @@ class SequencedLedger:
             reason = _limit_refusal(grant)
         else:
             reason = _time_refusal(grant, clock())
-        if reason is not None:
-            refusal = denied(reason)
-            refusal = replace(refusal, attributes={**refusal.attributes, "reservation": reserved.subject})
-            self._sink.append([refusal])
-            if rank is None:
-                raise LedgerUnavailable(reason)
+        if reason is None:
+            # The outcome, for readers of the log; it names its reservation and counts no further.
+            self._sink.append(
+                [replace(allowed, attributes={**allowed.attributes, "reservation": reserved.subject})]
+            )
+            return None
+        refusal = denied(reason)
+        refusal = replace(refusal, attributes={**refusal.attributes, "reservation": reserved.subject})
+        self._sink.append([refusal])
+        if rank is None:
+            raise LedgerUnavailable(reason)
         return reason
 
     def _rank_of(self, leaf: bytes) -> int | None:

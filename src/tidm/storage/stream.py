@@ -268,7 +268,7 @@ def merged_batches(
     """The rows of the planned objects with start <= ts < end, in (signal, ts) order, in batches of
     about `batch_rows` rows."""
     # One batch per object in memory: smaller per object when many objects are merged.
-    per_object = max(1024, min(batch_rows, (4 << 20) // max(len(plans), 1)))
+    per_object = max(1024, min(batch_rows, (1 << 19) // max(len(plans), 1)))
     base = (
         pa.schema([f for f in schema if f.name not in ("unit", "semantic_id")])
         if metadata is not None

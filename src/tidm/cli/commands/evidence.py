@@ -1,12 +1,14 @@
 """`tidm evidence ...`: checkpoints, verification, proof bundles, audit reports and PROV export.
 
 `--log` names the store: a SQLite file (embedded mode), a folder holding a tlog-tiles log, or
-`s3://bucket/prefix` for tiles on S3 (endpoint and credentials from `--s3-*` or `TIDM_S3_*`).
+`s3://bucket/prefix` for tiles on S3 (endpoint and credentials from `--s3-*` or `TIDM_S3_*`; the
+secret key only from a file: `--s3-secret-key-file` or `TIDM_S3_SECRET_KEY_FILE`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import sys
@@ -23,15 +25,72 @@ if TYPE_CHECKING:
 _S3_OPTIONS = [
     click.option("--s3-endpoint", envvar="TIDM_S3_ENDPOINT", default=None, help="S3 endpoint URL."),
     click.option("--s3-access-key", envvar="TIDM_S3_ACCESS_KEY", default=None, show_envvar=True),
-    click.option("--s3-secret-key", envvar="TIDM_S3_SECRET_KEY", default=None, show_envvar=True),
+    click.option(
+        "--s3-access-key-file",
+        envvar="TIDM_S3_ACCESS_KEY_FILE",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        show_envvar=True,
+        help="File holding the S3 access key id (instead of --s3-access-key).",
+    ),
+    click.option(
+        "--s3-secret-key-file",
+        envvar="TIDM_S3_SECRET_KEY_FILE",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        show_envvar=True,
+        help="File holding the S3 secret key (e.g. /run/secrets/s3-secret-key); never given as a value.",
+    ),
+    # Refused with a clear error: a secret given as a value ends up in shell history and `ps`.
+    click.option(
+        "--s3-secret-key", "s3_secret_value", envvar="TIDM_S3_SECRET_KEY", default=None, hidden=True
+    ),
     click.option("--s3-region", envvar="TIDM_S3_REGION", default="us-east-1"),
 ]
 
 
+def _read_secret(path: Path, option: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        msg = f"cannot read {path}: {exc.strerror}"
+        raise click.BadParameter(msg, param_hint=option) from None
+    value = text.rstrip("\r\n")
+    if not value:
+        msg = f"{path} is empty"
+        raise click.BadParameter(msg, param_hint=option)
+    return value
+
+
 def _s3_options(func: Any) -> Any:
+    """The S3 options, resolved to `s3_endpoint`, `s3_access_key`, `s3_secret_key` and `s3_region`
+    for the command: the secret key only from a file (`--s3-secret-key-file`, `TIDM_S3_SECRET_KEY_FILE`)."""
+
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any,
+        s3_access_key_file: Path | None,
+        s3_secret_key_file: Path | None,
+        s3_secret_value: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        if s3_secret_value is not None:
+            msg = (
+                "the S3 secret key is taken only from a file: put it in a file readable by this user "
+                "only and give --s3-secret-key-file FILE (or TIDM_S3_SECRET_KEY_FILE=FILE), not "
+                "--s3-secret-key / TIDM_S3_SECRET_KEY"
+            )
+            raise click.UsageError(msg)
+        if s3_access_key_file is not None:
+            kwargs["s3_access_key"] = _read_secret(s3_access_key_file, "--s3-access-key-file")
+        kwargs["s3_secret_key"] = (
+            _read_secret(s3_secret_key_file, "--s3-secret-key-file") if s3_secret_key_file else None
+        )
+        return func(*args, **kwargs)
+
     for option in reversed(_S3_OPTIONS):
-        func = option(func)
-    return func
+        wrapper = option(wrapper)
+    return wrapper
 
 
 class _S3:

@@ -104,8 +104,6 @@ def query_unit(
                 table,
                 site=site,
                 with_metadata=metadata,
-                max_span=settings.serve.max_span,
-                max_rows=settings.serve.max_rows,
             )
         except (RequestTooLarge, LakeError) as exc:
             raise click.ClickException(str(exc)) from None
