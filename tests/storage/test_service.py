@@ -196,3 +196,24 @@ def test_fuzzed_queries_never_fail_the_server(
     r = httpx.get(url + path, params=params, headers=AUTH, timeout=30)
     assert r.status_code < 500, (asset, params, r.text[:300])
     assert r.status_code in (200, 400, 403, 404, 422)
+
+
+def test_a_client_that_stops_early_leaves_no_stream_open(server: tuple[str, Path]) -> None:
+    url, _ = server
+    with httpx.stream(
+        "GET", f"{url}/v1/units/{ASSET}/samples", params=_params(format="csv"), headers=AUTH
+    ) as r:
+        assert r.status_code == 200
+        first = next(r.iter_raw())
+        assert first.startswith(b"ts,")
+
+    def open_streams() -> float:
+        text = httpx.get(f"{url}/metrics").text
+        line = next(x for x in text.splitlines() if x.startswith("tidm_read_streams_open "))
+        return float(line.split()[1])
+
+    deadline = time.monotonic() + 30
+    while open_streams() != 0:
+        assert time.monotonic() < deadline, "the abandoned stream was never closed"
+        time.sleep(0.1)
+    assert "tidm_arrow_allocated_bytes" in httpx.get(f"{url}/metrics").text

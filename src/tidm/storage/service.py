@@ -33,7 +33,8 @@ import pyarrow as pa
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from starlette.concurrency import iterate_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tidm.semantics.classification import Level
@@ -153,6 +154,10 @@ def create_app(
     registry = CollectorRegistry()
     requests = Counter("tidm_read_requests", "Read requests by outcome", ["outcome"], registry=registry)
     rows_served = Counter("tidm_read_rows", "Rows served", registry=registry)
+    open_streams = Gauge("tidm_read_streams_open", "Responses streaming now", registry=registry)
+    Gauge("tidm_arrow_allocated_bytes", "Bytes Arrow holds now", registry=registry).set_function(
+        pa.total_allocated_bytes
+    )
 
     def refuse(
         status: int,
@@ -370,7 +375,7 @@ def create_app(
             log.warning("read failed", exc_info=True)
             raise fail(503, "the lake is unavailable; retry later", "lake unavailable", _RETRY) from None
         requests.labels("allowed").inc()
-        return StreamingResponse(_encode(stream, format), media_type=_MEDIA[format])
+        return StreamingResponse(_body(_encode(stream, format)), media_type=_MEDIA[format])
 
     def _encode(stream: UnitStream, fmt: Format) -> Iterator[bytes]:
         def counted() -> Iterator[pa.RecordBatch]:
@@ -378,9 +383,24 @@ def create_app(
                 rows_served.inc(batch.num_rows)
                 yield batch
 
+        open_streams.inc()
         try:
             yield from encode(stream.schema, counted(), fmt)
         finally:
             stream.close()
+            open_streams.dec()
+            # Give the batches' memory back to the system now, not when the allocator gets to it.
+            pa.default_memory_pool().release_unused()
+
+    async def _body(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+        """The chunks, produced in a worker thread; closed as soon as the response ends, also when the
+        client went away early (not whenever the garbage collector finds the generator)."""
+        try:
+            async for chunk in iterate_in_threadpool(chunks):
+                yield chunk
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
 
     return app
