@@ -27,6 +27,7 @@ from tidm.storage import Lake, object_key
 TOKEN = "token-of-team-a"  # noqa: S105 - a test token
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HIDDEN = "urn:tidm:asset:secret-press"
+BROKEN = DAY1 + dt.timedelta(days=10)  # the day whose object (in table "trial") is damaged
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         "clean", site="plant-secret", asset=HIDDEN, date=DAY1.date(), topic="t", partition=9, first=0, last=1
     )
     lake.write_parquet(key, _rows(HIDDEN, DAY1, 30, 0))
+    damaged = object_key(
+        "trial", site="plant-1", asset=ASSET, date=BROKEN.date(), topic="t", partition=0, first=9, last=9
+    )
+    lake.write_bytes(damaged, b"PAR1 this is not a parquet file PAR1")
     catalog = {
         "version": CATALOG_VERSION,
         "signals": [
@@ -51,7 +56,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         "principals": {
             "team-a": {
                 "token_sha256": [hashlib.sha256(TOKEN.encode()).hexdigest()],
-                "grants": [{"id": "pumps", "sites": ["plant-1"], "assets": ["urn:tidm:asset:pump-*"]}],
+                "grants": [
+                    {
+                        "id": "pumps",
+                        "sites": ["plant-1"],
+                        "assets": ["urn:tidm:asset:pump-*"],
+                        "tables": ["clean", "trial"],
+                    }
+                ],
             }
         }
     }
@@ -194,3 +206,16 @@ def test_a_slow_header_connection_is_closed(server: tuple[str, Path]) -> None:
         assert closed, "the server closed the connection whose headers never completed"
     # An honest client right after is served.
     assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_a_server_side_failure_is_a_recorded_500_that_reveals_nothing(server: tuple[str, Path]) -> None:
+    url, root = server
+    params = _params(
+        **{"from": BROKEN.isoformat(), "to": (BROKEN + dt.timedelta(days=1)).isoformat(), "table": "trial"}
+    )
+    r = httpx.get(f"{url}/v1/units/{ASSET}/samples", params=params, headers=AUTH)
+    assert r.status_code == 500 and r.json() == {"detail": "internal error"}
+    failures = [e for e in _entries(root) if e.attributes.get("status") == 500]
+    assert failures and failures[-1].attributes["reason"].startswith("internal error (")
+    assert str(root) not in failures[-1].attributes["reason"]
+    assert httpx.get(f"{url}/healthz").status_code == 200, "the server keeps serving"

@@ -231,6 +231,20 @@ def create_app(
             )
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # Logged here with its traceback; the caller and the evidence get only the kind of failure.
+        log.error("request failed: %s", type(exc).__name__, exc_info=exc)
+        await asyncio.to_thread(
+            refuse,
+            500,
+            "internal error",
+            reason=f"internal error ({type(exc).__name__})",
+            principal=None,
+            endpoint=request.url.path.split("/")[2] if request.url.path.startswith("/v1/") else "other",
+        )
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
