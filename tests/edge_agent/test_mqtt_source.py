@@ -399,7 +399,7 @@ async def test_agent_end_to_end_every_sample_exactly_once(
         records = [{"ts": 1_767_000_000_000_000 + i * 10 + k, "speed": i, "load": k} for k in range(2)]
         publisher.publish(f"{root}/m{i % 3}/telemetry", json.dumps(records))
     await _until(lambda: agent.stats.samples_in == 4 * n)
-    await asyncio.sleep(0.2)
+    await _until(lambda: agent.stats.rows_published == 4 * n)
     stop.set()
     stats = await asyncio.wait_for(task, 30)
     trusted = TrustedAgents({"agent-m": identity.public_key})
@@ -565,7 +565,9 @@ async def test_reconnects_with_backoff_after_the_broker_dies(
                     pub.close()
                 broker.kill()
                 await _until(lambda: not source.connected.is_set())
-                await asyncio.sleep(0.3)  # a few failed attempts against the dead port
+                failures = source.stats.connect_failures
+                # At least one failed attempt against the dead port before the broker is back.
+                await _until(lambda: source.stats.connect_failures > failures)  # noqa: B023 - awaited here
                 broker.start()
             await _until(source.connected.is_set)
         assert [s.signal for s in got.samples] == ["round0", "round1", "round2"]

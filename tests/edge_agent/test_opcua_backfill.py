@@ -74,7 +74,7 @@ async def test_reconnect_after_n_ticks_gets_exactly_the_missing_samples_once() -
     async with Simulator(config) as sim:
         await sim.wait_ticks(25)
         sim.pause()
-        await asyncio.sleep(0.2)
+        await sim.wait_idle()
         produced = _by_signal(sim.produced)
         keys = sorted(produced)
         # The agent had taken the first 4 samples of each signal but one, and nothing of the last.
@@ -102,12 +102,12 @@ async def test_reconnect_after_n_ticks_gets_exactly_the_missing_samples_once() -
             sim.resume()
             await sim.wait_ticks(sim.ticks + 10)
             sim.pause()
-            await asyncio.sleep(0.5)
+            await sim.wait_idle()
             final = _by_signal(sim.produced)
             async with asyncio.timeout(30):
                 while len(taken.got) < sum(len(v) for v in expected.values()) + 10 * len(keys):
                     await asyncio.sleep(0.05)
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # a quiet window: a repeated sample would show up now
         finally:
             task_stop.set()
             await task
@@ -149,7 +149,7 @@ async def test_restarted_server_is_backfilled_across_the_outage() -> None:
                     await asyncio.sleep(0.05)
             await sim.wait_ticks(sim.ticks + 10)
             sim.pause()
-            await asyncio.sleep(0.3)
+            await sim.wait_idle()
             produced = _by_signal(sim.produced)
             async with asyncio.timeout(30):
                 while any(taken.last.get(k) != v[-1] for k, v in produced.items()):
@@ -189,7 +189,7 @@ async def test_backfill_off_or_lookback_bounded() -> None:
     async with Simulator(config) as sim:
         await sim.wait_ticks(10)
         sim.pause()
-        await asyncio.sleep(0.2)
+        await sim.wait_idle()
         produced = _by_signal(sim.produced)
         last = {k: v[0] for k, v in produced.items()}
         off = OpcUaSource(

@@ -247,7 +247,7 @@ async def test_pause_resume_max_ticks_and_timestamps() -> None:
     async with Simulator(config) as sim:
         await sim.wait_ticks(5)
         sim.pause()
-        await asyncio.sleep(0.05)
+        await sim.wait_idle()
         paused_at = sim.ticks
         await asyncio.sleep(0.1)
         assert sim.ticks == paused_at

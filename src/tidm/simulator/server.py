@@ -370,6 +370,13 @@ class Simulator:
         """Resume updating; the next tick comes one period later."""
         self._resumed.set()
 
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until no tick is being written: after `pause()`, `produced` is then final until
+        `resume()` (a tick under way when `pause()` was called completes first)."""
+        async with asyncio.timeout(timeout):
+            while self._in_tick:
+                await asyncio.sleep(0.005)
+
     async def wait_ticks(self, n: int, timeout: float = 10.0) -> int:
         """Wait until at least `n` ticks in total have been written; return the tick count."""
         limit = self._config.max_ticks

@@ -250,6 +250,15 @@ class _Handoff:
             pass
 
 
+@dataclass(frozen=True, slots=True)
+class _Signals:
+    """What paho's callbacks tell the event loop about one connection."""
+
+    connack: asyncio.Future[tuple[int, bool]]  # (reason code, session present)
+    gone: asyncio.Event
+    suback: asyncio.Future[list[int]]  # reason code per subscription
+
+
 class _TrackingContext(ssl.SSLContext):
     """An SSLContext that remembers the socket it wrapped last (see `MqttSource._close_tls_socket`)."""
 
@@ -440,27 +449,58 @@ class MqttSource:
         consumer: asyncio.Task[None],
     ) -> str:
         """One connection: 'stopped', 'lost' (was connected), 'failed' or 'fallback'."""
-        mqtt = self._mqtt
-        s = self.settings
         client = self._make_client(v5)
         self._generation += 1
-        generation = self._generation
-        connack: asyncio.Future[tuple[int, bool]] = loop.create_future()
-        gone = asyncio.Event()
-        suback: asyncio.Future[list[int]] = loop.create_future()
+        signals = self._bind_callbacks(client, loop, handoff, self._generation)
+        failed = await self._connect(client, v5)
+        if failed is not None:
+            return failed
+        self._client = None
+        client.loop_start()
+        try:
+            refused = await self._await_connack(signals, v5)
+            if refused is not None:
+                return refused
+            self._client = client
+            self._subscribe(client, v5)
+            await self._until_gone(signals, stop, consumer)
+            if consumer.done():
+                consumer.result()
+            if signals.gone.is_set():
+                log.warning("%s: connection lost", self.name)
+                return "lost"
+            # Stopping: let the consumer finish what was received (and ack it) before disconnecting.
+            handoff.close()
+            await self._drain_for_stop(handoff, consumer)
+            return "stopped"
+        finally:
+            self.connected.clear()
+            self.metrics.connected(False)
+            self._client = None
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+            _close(client)
+
+    def _bind_callbacks(
+        self, client: Any, loop: asyncio.AbstractEventLoop, handoff: _Handoff, generation: int
+    ) -> _Signals:
+        """paho's callbacks (on its network thread) -> futures and events of this event loop; each
+        message -> `handoff`, tagged with the connection's `generation` (acks go to that one only)."""
+        signals = _Signals(loop.create_future(), asyncio.Event(), loop.create_future())
 
         def settle(fut: asyncio.Future[Any], value: Any) -> None:
             if not fut.done():
                 fut.set_result(value)
 
         def on_connect(_c: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
-            loop.call_soon_threadsafe(settle, connack, (int(reason.value), bool(flags.session_present)))
+            value = (int(reason.value), bool(flags.session_present))
+            loop.call_soon_threadsafe(settle, signals.connack, value)
 
         def on_disconnect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-            loop.call_soon_threadsafe(gone.set)
+            loop.call_soon_threadsafe(signals.gone.set)
 
         def on_subscribe(_c: Any, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
-            loop.call_soon_threadsafe(settle, suback, [int(c.value) for c in codes])
+            loop.call_soon_threadsafe(settle, signals.suback, [int(c.value) for c in codes])
 
         def on_message(_c: Any, _u: Any, msg: Any) -> None:
             recv = time.time_ns() // 1000
@@ -478,6 +518,12 @@ class MqttSource:
         client.on_disconnect = on_disconnect
         client.on_subscribe = on_subscribe
         client.on_message = on_message
+        return signals
+
+    async def _connect(self, client: Any, v5: bool) -> str | None:
+        """Open the socket and send CONNECT: None when sent, 'failed' when the broker is not
+        reachable; an untrusted broker certificate raises (retrying cannot help)."""
+        s = self.settings
         props = None
         if v5:
             props = _connect_properties()
@@ -489,7 +535,7 @@ class MqttSource:
                 s.host,
                 s.port,
                 s.keepalive_s,
-                clean_start=s.clean_start if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                clean_start=s.clean_start if v5 else self._mqtt.MQTT_CLEAN_START_FIRST_ONLY,
                 properties=props,
             )
         except ssl.SSLCertVerificationError as exc:
@@ -503,93 +549,81 @@ class MqttSource:
             self.stats.connect_failures += 1
             log.warning("%s: cannot connect: %s", self.name, exc)
             return "failed"
-        self._client = None
-        client.loop_start()
-        try:
-            connack_or_gone = asyncio.ensure_future(gone.wait())
-            await asyncio.wait(
-                _futures(connack, connack_or_gone),
-                timeout=s.connect_timeout_s,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            connack_or_gone.cancel()
-            if not connack.done():
-                self.stats.connect_failures += 1
-                if v5 and s.protocol == "auto" and gone.is_set():
-                    return "fallback"
-                log.warning("%s: no CONNACK within %.1f s", self.name, s.connect_timeout_s)
-                return "failed"
-            code, session_present = connack.result()
-            if code != 0:
-                self.stats.connect_failures += 1
-                if v5 and s.protocol == "auto" and code in _UNSUPPORTED_PROTOCOL:
-                    return "fallback"
-                if code in _REFUSED_AUTH:
-                    msg = (
-                        f"{self.name}: the broker refused the connection: not authorized (reason code {code})"
-                    )
-                    raise SourceError(msg)
-                log.warning("%s: the broker refused the connection (reason code %d)", self.name, code)
-                return "failed"
-            self.stats.connects += 1
-            if self.stats.connects > 1:
-                self.stats.reconnects += 1
-                self.metrics.reconnected()
-            self.metrics.connected(True)
-            self.stats.protocol = "5" if v5 else "3.1.1"
-            self.stats.session_present = session_present
-            self._client = client
-            log.info(
-                "%s: connected (MQTT %s, session %s)",
-                self.name,
-                self.stats.protocol,
-                "resumed" if session_present else "new",
-            )
-            topics = [(sub.topic, sub.qos) for sub in self.subscriptions]
-            if v5:
-                from paho.mqtt.subscribeoptions import SubscribeOptions
+        return None
 
-                client.subscribe([(t, SubscribeOptions(qos=q)) for t, q in topics])
-            else:
-                client.subscribe(topics)
-            gone_wait = asyncio.ensure_future(gone.wait())
-            stop_wait = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait(
-                    _futures(suback, gone_wait, stop_wait), return_when=asyncio.FIRST_COMPLETED
-                )
-                if suback.done():
-                    for sub, code in zip(self.subscriptions, suback.result(), strict=False):
-                        if code >= 0x80:
-                            log.error(
-                                "%s: the broker refused the subscription to %r (code %d)",
-                                self.name,
-                                sub.topic,
-                                code,
-                            )
-                    self.connected.set()
-                await asyncio.wait(
-                    _futures(gone_wait, stop_wait, consumer), return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                gone_wait.cancel()
-                stop_wait.cancel()
-            if consumer.done():
-                consumer.result()
-            if gone.is_set():
-                log.warning("%s: connection lost", self.name)
-                return "lost"
-            # Stopping: let the consumer finish what was received (and ack it) before disconnecting.
-            handoff.close()
-            await self._drain_for_stop(handoff, consumer)
-            return "stopped"
+    async def _await_connack(self, signals: _Signals, v5: bool) -> str | None:
+        """Wait for the CONNACK: None once connected (counted, logged), else 'failed' or 'fallback'
+        (MQTT 5 refused under `protocol: auto`); refused credentials raise."""
+        s = self.settings
+        connack = signals.connack
+        gone_wait = asyncio.ensure_future(signals.gone.wait())
+        await asyncio.wait(
+            _futures(connack, gone_wait), timeout=s.connect_timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        gone_wait.cancel()
+        if not connack.done():
+            self.stats.connect_failures += 1
+            if v5 and s.protocol == "auto" and signals.gone.is_set():
+                return "fallback"
+            log.warning("%s: no CONNACK within %.1f s", self.name, s.connect_timeout_s)
+            return "failed"
+        code, session_present = connack.result()
+        if code != 0:
+            self.stats.connect_failures += 1
+            if v5 and s.protocol == "auto" and code in _UNSUPPORTED_PROTOCOL:
+                return "fallback"
+            if code in _REFUSED_AUTH:
+                msg = f"{self.name}: the broker refused the connection: not authorized (reason code {code})"
+                raise SourceError(msg)
+            log.warning("%s: the broker refused the connection (reason code %d)", self.name, code)
+            return "failed"
+        self.stats.connects += 1
+        if self.stats.connects > 1:
+            self.stats.reconnects += 1
+            self.metrics.reconnected()
+        self.metrics.connected(True)
+        self.stats.protocol = "5" if v5 else "3.1.1"
+        self.stats.session_present = session_present
+        log.info(
+            "%s: connected (MQTT %s, session %s)",
+            self.name,
+            self.stats.protocol,
+            "resumed" if session_present else "new",
+        )
+        return None
+
+    def _subscribe(self, client: Any, v5: bool) -> None:
+        topics = [(sub.topic, sub.qos) for sub in self.subscriptions]
+        if v5:
+            from paho.mqtt.subscribeoptions import SubscribeOptions
+
+            client.subscribe([(t, SubscribeOptions(qos=q)) for t, q in topics])
+        else:
+            client.subscribe(topics)
+
+    async def _until_gone(self, signals: _Signals, stop: asyncio.Event, consumer: asyncio.Task[None]) -> None:
+        """Wait for the SUBACK (then `connected` is set), then until the connection goes, `stop` is
+        set or the consumer fails."""
+        gone_wait = asyncio.ensure_future(signals.gone.wait())
+        stop_wait = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait(
+                _futures(signals.suback, gone_wait, stop_wait), return_when=asyncio.FIRST_COMPLETED
+            )
+            if signals.suback.done():
+                for sub, code in zip(self.subscriptions, signals.suback.result(), strict=False):
+                    if code >= 0x80:
+                        log.error(
+                            "%s: the broker refused the subscription to %r (code %d)",
+                            self.name,
+                            sub.topic,
+                            code,
+                        )
+                self.connected.set()
+            await asyncio.wait(_futures(gone_wait, stop_wait, consumer), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self.connected.clear()
-            self.metrics.connected(False)
-            self._client = None
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
-            _close(client)
+            gone_wait.cancel()
+            stop_wait.cancel()
 
     async def _drain_for_stop(self, handoff: _Handoff, consumer: asyncio.Task[None]) -> None:
         deadline = time.monotonic() + 10.0
