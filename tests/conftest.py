@@ -30,7 +30,7 @@ SERVICES_PY = ROOT / "deploy" / "dev" / "services.py"
 # Fixtures that start real services; a test using one must be marked `integration`, so that
 # `pytest -m "not integration"` never starts anything.
 _SERVICE_FIXTURES = frozenset(
-    {"dev_services", "kafka_bootstrap", "s3_config", "s3_client", "s3_bucket", "mqtt_broker"}
+    {"dev_services", "kafka_bootstrap", "kafka_cluster", "s3_config", "s3_client", "s3_bucket", "mqtt_broker"}
 )
 
 
@@ -110,6 +110,18 @@ def dev_services(_dev_services_session: DevServices) -> dict[str, dict[str, Any]
 def kafka_bootstrap(_dev_services_session: DevServices) -> str:
     """`host:port` of the Kafka broker."""
     return str(_dev_services_session.require("kafka")["kafka"]["bootstrap"])
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A 3-node KRaft cluster of this session's own (services.py's `KafkaCluster`, in a temp folder, on its
+    own ports, reusing the jar cache): drills kill and stop its nodes without touching the shared broker."""
+    cluster = load_services_module().KafkaCluster(tmp_path_factory.mktemp("kafka-cluster"), 3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")
