@@ -299,3 +299,39 @@ def test_gateway_daemonset_runs_on_labelled_nodes_and_keeps_its_spool_on_the_nod
     assert volumes[mounts["/var/lib/tidm"]]["hostPath"]["path"] == "/var/lib/tidm-agent"
     assert mounts["/run/secrets/agent"] == "credentials"
     assert not find(docs, "Deployment") and not find(docs, "StatefulSet")
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_replicated_workloads_spread_over_nodes_and_drain_one_at_a_time(overlay: str) -> None:
+    docs = render(overlay)
+    budgets = find(docs, "PodDisruptionBudget")
+    for name in ("tidm-job-clean", "tidm-serve"):
+        (deployment,) = find(docs, "Deployment", name)
+        labels = deployment["spec"]["selector"]["matchLabels"]
+        covering = [b for b in budgets if b["spec"]["selector"]["matchLabels"] == labels]
+        assert len(covering) == 1, f"{name}: {len(covering)} PodDisruptionBudgets"
+        spec = covering[0]["spec"]
+        assert spec.get("maxUnavailable") == 1 or spec.get("minAvailable") == 1, spec
+        terms = pod_spec(deployment)["affinity"]["podAntiAffinity"][
+            "preferredDuringSchedulingIgnoredDuringExecution"
+        ]
+        keys = {
+            t["podAffinityTerm"]["topologyKey"]: t["podAffinityTerm"]["labelSelector"]["matchLabels"]
+            for t in terms
+        }
+        assert keys.get("kubernetes.io/hostname") == labels, name
+    assert not [b for b in budgets if "notary" in b["metadata"]["name"]]
+
+
+def test_dev_kafka_is_three_nodes_with_every_topic_replicated_three_times() -> None:
+    docs = render("dev")
+    (pool,) = find(docs, "KafkaNodePool")
+    assert pool["spec"]["replicas"] == 3
+    config = find(docs, "Kafka")[0]["spec"]["kafka"]["config"]
+    assert config["min.insync.replicas"] == 2 and config["default.replication.factor"] == 3
+    assert (
+        config["offsets.topic.replication.factor"] == config["transaction.state.log.replication.factor"] == 3
+    )
+    assert config["unclean.leader.election.enable"] is False
+    topics = find(docs, "KafkaTopic")
+    assert topics and all(t["spec"]["replicas"] == 3 for t in topics)
