@@ -1,5 +1,7 @@
-"""Drills on real Kafka and S3 with `tidm job run` as an OS process: SIGKILL at random points, and a
-second replica joining mid-run. The lake must equal an uninterrupted run's: same keys, same bytes."""
+"""Drills on real Kafka and S3 with `tidm job run` as an OS process: SIGKILL at random points, a second
+replica joining mid-run, and on the 3-node cluster three replicas in one group (with 2 partitions, one
+stands by) with one killed and one added. The lake must equal an uninterrupted run's: same keys, same
+bytes."""
 
 from __future__ import annotations
 
@@ -276,6 +278,32 @@ def drill(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[Drill, dict[int, int], dict[str, str], Any]:
+    return _prepared(kafka_bootstrap, s3_config, s3_bucket, unique_name, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def cluster_drill(
+    kafka_cluster: Any,
+    s3_config: dict[str, str],
+    s3_bucket: str,
+    unique_name: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Drill, dict[int, int], dict[str, str], Any]:
+    """The drill on the 3-node cluster (topic RF 3, min.insync.replicas 2)."""
+    bootstrap = str(kafka_cluster.bootstrap)
+    return _prepared(bootstrap, s3_config, s3_bucket, unique_name, tmp_path, monkeypatch)
+
+
+def _prepared(
+    kafka_bootstrap: str,
+    s3_config: dict[str, str],
+    s3_bucket: str,
+    unique_name: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Drill, dict[int, int], dict[str, str], Any]:
+    """Batches published, and the lake of one uninterrupted replica, to compare a drill's lake with."""
     topic = unique_name("drill")
     d = Drill(tmp_path, kafka_bootstrap, s3_config, s3_bucket, topic)
     ends = asyncio.run(_publish(kafka_bootstrap, topic, d.identity))
@@ -350,3 +378,34 @@ def test_a_second_replica_joining_mid_run_changes_nothing(
     assert batches[0] > 0 and batches[1] > 0, f"both replicas worked: {batches}"
     assert batches[0] < BATCHES, "the first replica gave partitions away"
     assert d.snapshot("pair") == expected
+
+
+@pytest.mark.integration
+def test_three_replicas_on_a_cluster_one_killed_one_added_land_the_single_replica_lake(
+    cluster_drill: tuple[Drill, dict[int, int], dict[str, str], Any],
+) -> None:
+    d, ends, expected, unique_name = cluster_drill
+    group = unique_name("trio")
+    endpoint = urlsplit(d.s3["endpoint"])
+    proxy = SlowProxy((endpoint.hostname or "127.0.0.1", endpoint.port or 80), delay_s=0.01)
+    direct, d.s3 = d.s3, {**d.s3, "endpoint": f"http://127.0.0.1:{proxy.port}"}
+    args = d.files("trio", group)
+    lake = d.lake("trio")
+    procs = [d.start(args, f"trio-{i}.log") for i in range(3)]
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and len(lake.list_keys()) < 3 and procs[0].poll() is None:
+            time.sleep(0.1)
+        procs[0].send_signal(signal.SIGKILL)  # one replica crashes under load ...
+        procs[0].wait(timeout=30)
+        at_kill = sum(asyncio.run(_committed(d.bootstrap, group, d.topic)).values())
+        assert at_kill < sum(ends.values()), "the kill came after the run"
+        procs.append(d.start(args, "trio-3.log"))  # ... and another joins: the group rebalances twice
+        d.wait_done(group, ends, procs[1:])
+    finally:
+        for proc in procs[1:]:
+            _stop(proc)
+        proxy.close()
+        d.s3 = direct
+    assert 0 < sum(asyncio.run(_committed(d.bootstrap, group, d.topic)).values()) == sum(ends.values())
+    assert d.snapshot("trio") == expected
