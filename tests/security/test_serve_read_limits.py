@@ -132,13 +132,20 @@ def test_parallel_reads_on_one_serve_with_sqlite(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("kafka", ["broker", "cluster"])
 def test_parallel_reads_on_one_and_two_replicas_through_kafka_and_the_notary(
-    kafka_bootstrap: str,
+    kafka: str,
     s3_config: dict[str, str],
     s3_bucket: str,
     unique_name: Callable[..., str],
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
+    """On the shared broker and on the 3-node cluster (evidence topic RF 3, min.insync.replicas 2)."""
+    if kafka == "cluster":
+        kafka_bootstrap = str(request.getfixturevalue("kafka_cluster").bootstrap)
+    else:
+        kafka_bootstrap = str(request.getfixturevalue("kafka_bootstrap"))
     lake = Lake.local(tmp_path / "lake")
     _fill(lake)
     topic = unique_name("evidence")
