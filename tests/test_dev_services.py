@@ -269,6 +269,7 @@ async def test_a_three_node_cluster_replicates_and_survives_a_killed_leader(
     assert values_read == [f"v{i}".encode() for i in range(200)]
 
 
+@pytest.mark.integration
 def test_cluster_cli_starts_and_stops_a_cluster_in_its_run_dir(tmp_path: Path) -> None:
     pytest.importorskip("aiokafka")
     if not (ROOT / ".cache" / "kafka" / "lib").is_dir():
